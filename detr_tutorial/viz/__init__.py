@@ -1,0 +1,25 @@
+"""Pictures of DETR: boxes, attention maps, matching, and interactive explorers.
+
+Static helpers draw on matplotlib figures the caller owns (no ``pyplot`` state). The explorers
+are ipywidgets apps; importing this package does not import ipywidgets, building an explorer
+does (``pip install ipywidgets``). Each explorer has a static twin drawing the same picture
+for fixed settings, for books and papers.
+"""
+from .decoder import (DecoderAttentionExplorer, decoder_attention_figure, decoder_attention_grid,
+                      decoder_attention_map)
+from .drawing import (IMAGENET_MEAN, IMAGENET_STD, attention_to_image, denormalize, draw_boxes,
+                      image_to_tensor, normalize, overlay_attention, plot_decoder_attention_grid,
+                      to_display_image)
+from .encoder import EncoderAttentionExplorer, encoder_attention_figure, encoder_attention_map
+from .inference import AttentionInference, run_attention
+from .matching import MatchingExplorer, MatchingProblem, matching_figure
+from .widget_base import figure_to_png, try_explorer
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "AttentionInference", "DecoderAttentionExplorer",
+    "EncoderAttentionExplorer", "MatchingExplorer", "MatchingProblem", "attention_to_image",
+    "decoder_attention_figure", "decoder_attention_grid", "decoder_attention_map", "denormalize",
+    "draw_boxes", "encoder_attention_figure", "encoder_attention_map", "figure_to_png",
+    "image_to_tensor", "matching_figure", "normalize", "overlay_attention",
+    "plot_decoder_attention_grid", "run_attention", "to_display_image", "try_explorer",
+]

@@ -1,0 +1,164 @@
+"""Run DETR once on one image and keep everything the attention figures need.
+
+The explorers redraw on every slider move; running the model each time would make them sluggish
+on a CPU. So a model runs once per image here, and every figure and widget reads from the
+resulting :class:`AttentionInference`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.detr import PostProcess
+from .drawing import ImageLike, image_to_tensor, normalize
+
+Head = Union[int, str]
+
+
+@dataclass
+class AttentionInference:
+    """One image, DETR's outputs for it, and its post-processed detections (batch index removed).
+
+    Shapes: ``image`` ``[3, H, W]`` in ``[0, 1]``; ``pred_logits`` ``[Q, C + 1]``;
+    ``pred_boxes`` ``[Q, 4]`` normalized cxcywh; ``enc_attn`` ``[L_enc, heads, HW, HW]``;
+    ``dec_attn`` ``[L_dec, heads, Q, HW]``; ``scores``, ``labels`` ``[Q]`` and ``boxes`` ``[Q, 4]``
+    (xyxy pixels) from ``PostProcess``, one per query.
+    """
+
+    image: torch.Tensor
+    pred_logits: torch.Tensor
+    pred_boxes: torch.Tensor
+    enc_attn: torch.Tensor
+    dec_attn: torch.Tensor
+    feature_shape: Tuple[int, int]
+    scores: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    class_names: Optional[Sequence[str]] = None
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """``(H, W)`` of the image in pixels."""
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+    @property
+    def num_enc_layers(self) -> int:
+        return int(self.enc_attn.shape[0])
+
+    @property
+    def num_dec_layers(self) -> int:
+        return int(self.dec_attn.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.enc_attn.shape[1])
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.pred_logits.shape[0])
+
+
+def run_attention(model: nn.Module, image: ImageLike,
+                  class_names: Optional[Sequence[str]] = None) -> AttentionInference:
+    """Run ``model`` once on ``image`` (PIL or ``[3, H, W]`` in ``[0, 1]``) and keep its attention.
+
+    The image is normalized here with the ImageNet mean/std. The model runs in eval mode (no
+    dropout, so the maps are what inference sees) under ``torch.no_grad``; its previous
+    train/eval mode is restored afterwards so a notebook's training loop is not disturbed.
+    ``class_names`` defaults to ``model.config.class_names`` when the model has one; a model
+    trained with the focal loss is scored with sigmoids, as ``dt.predict`` does.
+    Raises ``ValueError`` for an image of the wrong shape.
+    """
+    pixels = image_to_tensor(image)
+    config = getattr(model, "config", None)
+    if class_names is None:
+        class_names = getattr(config, "class_names", None)
+    score_mode = "sigmoid" if getattr(config, "focal_loss", False) else "softmax"
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch = normalize(pixels).unsqueeze(0).to(device)
+            out = model(batch, return_attention=True)
+            height, width = pixels.shape[1:]
+            dets = PostProcess(score_mode)(out, torch.tensor([[height, width]], device=device))[0]
+    finally:
+        model.train(was_training)
+    h, w = (int(v) for v in out["feature_shape"])
+    return AttentionInference(
+        image=pixels,
+        pred_logits=out["pred_logits"][0].float().cpu(),
+        pred_boxes=out["pred_boxes"][0].float().cpu(),
+        enc_attn=out["enc_attn"][:, 0].float().cpu(),
+        dec_attn=out["dec_attn"][:, 0].float().cpu(),
+        feature_shape=(h, w),
+        scores=dets["scores"].float().cpu(),
+        labels=dets["labels"].cpu(),
+        boxes=dets["boxes"].float().cpu(),
+        class_names=list(class_names) if class_names is not None else None,
+    )
+
+
+def as_inference(model_or_inference: Union[nn.Module, AttentionInference],
+                 image: Optional[ImageLike] = None,
+                 class_names: Optional[Sequence[str]] = None) -> AttentionInference:
+    """Accept either a model (run it on ``image``) or an already computed ``AttentionInference``."""
+    if isinstance(model_or_inference, AttentionInference):
+        if class_names is not None:
+            model_or_inference.class_names = list(class_names)
+        return model_or_inference
+    if image is None:
+        raise ValueError("an image is needed to run the model")
+    return run_attention(model_or_inference, image, class_names=class_names)
+
+
+def select_head(attn: torch.Tensor, head: Head) -> torch.Tensor:
+    """Pick one head (``int``) or average over heads (``"mean"``) of an ``[heads, ...]`` tensor."""
+    if head == "mean":
+        return attn.mean(0)
+    if isinstance(head, (int, np.integer)) and 0 <= int(head) < attn.shape[0]:
+        return attn[int(head)]
+    raise ValueError(f"head must be 'mean' or an index in 0..{attn.shape[0] - 1}, got {head!r}")
+
+
+def check_layer(layer: int, num_layers: int) -> int:
+    """A layer index (negative counts from the end) checked and made non-negative."""
+    if not isinstance(layer, (int, np.integer)) or not -num_layers <= int(layer) < num_layers:
+        raise ValueError(f"layer must be an index in 0..{num_layers - 1}, got {layer!r}")
+    return int(layer) % num_layers
+
+
+def point_to_cell(point: Tuple[float, float], image_size: Tuple[int, int],
+                  feature_shape: Tuple[int, int]) -> Tuple[int, int]:
+    """The feature-map cell ``(row, col)`` under pixel ``point = (x, y)``.
+
+    The ``h x w`` feature map is laid evenly over the ``H x W`` image (the geometry of
+    :func:`~detr_tutorial.viz.drawing.attention_to_image`). Raises ``ValueError`` for a point
+    outside the image.
+    """
+    x, y = float(point[0]), float(point[1])
+    height, width = image_size
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(f"the point (x={x:g}, y={y:g}) is outside the image "
+                         f"(x in 0..{width - 1}, y in 0..{height - 1})")
+    h, w = feature_shape
+    return min(int(y * h / height), h - 1), min(int(x * w / width), w - 1)
+
+
+def cell_box(cell: Tuple[int, int], image_size: Tuple[int, int],
+             feature_shape: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The pixel rectangle ``(x1, y1, x2, y2)`` that feature cell ``(row, col)`` covers."""
+    (row, col), (height, width), (h, w) = cell, image_size, feature_shape
+    return col * width / w, row * height / h, (col + 1) * width / w, (row + 1) * height / h
+
+
+def detections_above(inference: AttentionInference, threshold: float) -> List[int]:
+    """Query indices whose score exceeds ``threshold``, best first."""
+    keep = torch.nonzero(inference.scores > threshold).flatten()
+    order = torch.argsort(inference.scores[keep], descending=True)
+    return [int(q) for q in keep[order]]
