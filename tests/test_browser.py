@@ -1,0 +1,200 @@
+"""Every page of the built book, opened in headless Chromium the way a reader opens it.
+
+The site is served from ``_build/html`` on 127.0.0.1; each page of ``_toc.yml`` (both languages,
+so new chapters are picked up without editing this file) must:
+
+- have the title of its first heading;
+- show every image (``naturalWidth > 0``);
+- typeset its math with MathJax when it has math, without MathJax errors;
+- render its stored ipywidgets (the widget area is not empty) when it has any;
+- make no request outside 127.0.0.1 and get no failed response (the book works offline);
+- raise no JavaScript error, except sphinx-thebe's known ``THEBE_JS_URL has already been declared``.
+
+A full-page screenshot of each page goes to ``test-artifacts/screenshots/<lang>_<stem>.png``.
+Chromium is Debian's (``/usr/bin/chromium``, installed by ``make install``), never a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import booktoc
+
+pytestmark = pytest.mark.book
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# sphinx-thebe writes its configuration script twice per page.
+KNOWN_PAGE_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
+SCREENSHOTS = booktoc.REPO_ROOT / "test-artifacts" / "screenshots"
+PAGES = booktoc.toc_pages()
+TIMEOUT_MS = 20_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(html_dir):
+    """``python -m http.server`` on a free loopback port; yields its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(html_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(base + "/index.html", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("could not start the local web server for _build/html")
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for all pages (a launch costs seconds), with a fresh profile."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: run `make install` (Debian package chromium)"
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900}, locale="en-US",
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@contextlib.contextmanager
+def _recording(context):
+    """Collect every request, failed request, bad response and page error while a page loads."""
+    log = {"requests": [], "failed": [], "bad_status": [], "errors": []}
+    on_request = lambda r: log["requests"].append(r.url)  # noqa: E731
+    on_failed = lambda r: log["failed"].append(f"{r.url} ({r.failure})")  # noqa: E731
+    on_response = lambda r: r.status >= 400 and log["bad_status"].append(f"{r.url} ({r.status})")  # noqa: E731
+    context.on("request", on_request)
+    context.on("requestfailed", on_failed)
+    context.on("response", on_response)
+    page = context.new_page()
+    page.on("pageerror", lambda e: log["errors"].append(str(e)))
+    try:
+        yield page, log
+    finally:
+        page.close()
+        context.remove_listener("request", on_request)
+        context.remove_listener("requestfailed", on_failed)
+        context.remove_listener("response", on_response)
+
+
+@contextlib.contextmanager
+def _until_timeout():
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        yield
+
+
+def _is_local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("data", "blob", "about") or parsed.hostname == "127.0.0.1"
+
+
+@pytest.mark.parametrize("page_info", PAGES, ids=[p.slug for p in PAGES])
+def test_page_renders_offline(server, browser, page_info):
+    url = f"{server}/{page_info.docname}.html"
+    with _recording(browser) as (page, log):
+        response = page.goto(url, wait_until="load", timeout=TIMEOUT_MS)
+        assert response is not None and response.ok, f"{url}: {response and response.status}"
+
+        has_math = page.locator(".math").count() > 0
+        has_widgets = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count() > 0
+        # MathJax and the widget manager render asynchronously after `load`. A wait that times out
+        # is not the verdict: the checks below say what is missing, with the failed requests.
+        with _until_timeout():
+            if has_math:
+                page.wait_for_function(
+                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+                    " && MathJax.startup.promise.then(() => true)",
+                    timeout=TIMEOUT_MS,
+                )
+        with _until_timeout():
+            if has_widgets:
+                page.wait_for_selector(".jupyter-widgets", state="attached", timeout=TIMEOUT_MS)
+        with _until_timeout():
+            page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{page_info.slug}.png"), full_page=True)
+
+        title = page.title()
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => ({src: e.currentSrc || e.src, ok: e.complete && e.naturalWidth > 0}))"
+        )
+        math = page.evaluate(
+            "() => ({typeset: document.querySelectorAll('mjx-container').length,"
+            " errors: document.querySelectorAll('mjx-merror').length,"
+            " raw: document.querySelectorAll('.math').length})"
+        )
+        widgets = page.evaluate(
+            """() => {
+                const views = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]');
+                const rendered = [...document.querySelectorAll('.jupyter-widgets')];
+                const visible = rendered.filter(e => e.getBoundingClientRect().height > 0);
+                return {views: views.length, rendered: rendered.length, visible: visible.length};
+            }"""
+        )
+
+    # Every problem of the page is listed at once: a widget area that stays empty is easier to
+    # fix next to the 404 that caused it.
+    problems = []
+    heading = booktoc.first_heading(page_info)
+    if not title.strip():
+        problems.append("the <title> is empty")
+    elif not heading:
+        problems.append(f"{page_info.source} has no level-1 heading")
+    elif title.split(" \u2014 ")[0].strip() != heading:
+        problems.append(f"title {title!r} does not start with the first heading {heading!r}")
+
+    problems += [f"image did not load: {img['src']}" for img in images if not img["ok"]]
+
+    if has_math and math["typeset"] == 0:
+        problems.append(f"{math['raw']} math elements but nothing typeset by MathJax")
+    if math["errors"]:
+        problems.append(f"{math['errors']} MathJax errors (mjx-merror)")
+
+    if has_widgets and widgets["visible"] == 0:
+        problems.append(f"{widgets['views']} stored widgets but the widget area is empty")
+
+    problems += [f"request left 127.0.0.1: {u}" for u in log["requests"] if not _is_local(u)]
+    problems += [f"failed response: {r}" for r in log["bad_status"]]
+    problems += [f"failed request: {r}" for r in log["failed"]]
+    problems += [f"page error: {e}" for e in log["errors"] if e not in KNOWN_PAGE_ERRORS]
+
+    assert not problems, f"{url}:\n" + "\n".join(problems)
