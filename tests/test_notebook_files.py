@@ -29,7 +29,8 @@ def _ids(paths):
 
 
 def _code_cells(nb: dict) -> list[tuple[int, dict]]:
-    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+    """(number, cell) of each code cell; numbered from 1 over all cells, as the book build does."""
+    return [(i, c) for i, c in enumerate(nb["cells"], start=1) if c["cell_type"] == "code"]
 
 
 def _tags(cell: dict) -> set[str]:
@@ -70,8 +71,8 @@ def test_code_cells_are_identical_in_both_languages(name):
     en = [booktoc.cell_source(c) for _, c in _code_cells(booktoc.read_notebook(EN[name]))]
     ko = [booktoc.cell_source(c) for _, c in _code_cells(booktoc.read_notebook(KO[name]))]
     assert len(en) == len(ko), f"{len(en)} code cells in en, {len(ko)} in ko"
-    differing = [i for i, (a, b) in enumerate(zip(en, ko)) if a != b]
-    assert not differing, f"code cells (counting code cells only, from 0) differ: {differing}"
+    differing = [i for i, (a, b) in enumerate(zip(en, ko), start=1) if a != b]
+    assert not differing, f"these code cells differ (the n-th code cell, counting code cells only): {differing}"
 
 
 # --- each notebook ---------------------------------------------------------------------------
