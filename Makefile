@@ -76,18 +76,19 @@ test-unit:
 # stored output. No notebook yet is not an error; a notebook that collects nothing is (pytest exit 5).
 test-notebooks:
 	@if [ -z "$(NOTEBOOKS)" ]; then echo ">> nbval: no notebooks in book/en or book/ko yet"; else \
-	  $(PYTEST) --nbval-lax --nbval-current-env \
+	  $(PYTEST) --nbval-lax --nbval-current-env --durations=10 \
 	    -o norecursedirs=".* _build build dist .venv node_modules" book/en book/ko; fi
 
 test-book:
 	@mkdir -p $(SCREENSHOTS)
 	$(PYTEST) tests -m book
 
+# Each step is a recipe line of its own: make stops at the first one that fails.
 test: install
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory test-notebooks
-	$(MAKE) --no-print-directory book-build
-	$(MAKE) --no-print-directory test-book
+	@$(MAKE) --no-print-directory test-unit;      echo ">> unit tests passed ($$SECONDS s)"
+	@$(MAKE) --no-print-directory test-notebooks; echo ">> notebooks passed ($$SECONDS s)"
+	@$(MAKE) --no-print-directory book-build;     echo ">> book built ($$SECONDS s)"
+	@$(MAKE) --no-print-directory test-book;      echo ">> book pages passed ($$SECONDS s)"
 	@echo ">> all tests passed; screenshots in $(SCREENSHOTS)/"
 
 clean:
