@@ -1,0 +1,211 @@
+"""COCO 2017 and any COCO-format folder (an images folder plus an ``instances`` json).
+
+The mapping from COCO category ids to the model's contiguous labels is explicit:
+``dataset.label_map`` (category id -> label), ``dataset.label_to_cat_id`` (its inverse) and
+``dataset.class_names`` (one name per label). Save them with a checkpoint and pass
+``label_map=`` back when you load it, so ``num_classes`` is never guessed from a json file.
+
+Training targets leave out crowd boxes (``iscrowd=1``, a region of many objects, which the
+COCO evaluation ignores anyway) and boxes that are empty once clipped to the image (the count
+is logged). The pycocotools ground truth (``dataset.coco``) keeps the json untouched.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from .base import DetectionDataset, Transforms, make_raw_target
+from .coco_format import cat_ids_in_order, load_coco
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+COCO_URLS = {
+    "train": "http://images.cocodataset.org/zips/train2017.zip",
+    "val": "http://images.cocodataset.org/zips/val2017.zip",
+    "annotations": "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+}
+# label_map="category_id": labels are the raw COCO ids, as in the official DETR checkpoints
+# (num_classes = 91); ids without a category are named "N/A" there too.
+NO_CATEGORY = "N/A"
+
+
+def make_label_map(
+    categories: Sequence[Mapping], label_map: Union[None, str, Mapping[int, int]] = None
+) -> tuple[dict[int, int], tuple[str, ...]]:
+    """``(category id -> label, class names)`` for a json's ``categories``.
+
+    Args:
+        label_map: ``None``: labels ``0..K-1`` follow the category ids in ascending order.
+            ``"category_id"``: label = category id (the official DETR convention; names of
+            unused ids are ``"N/A"``). A mapping: used as given (e.g. read from a checkpoint);
+            its labels must be ``0..K-1`` without gaps and cover every category of the json.
+    """
+    names = {int(c["id"]): str(c["name"]) for c in categories}
+    if label_map is None:
+        cat_ids = cat_ids_in_order(categories)
+        return {cid: i for i, cid in enumerate(cat_ids)}, tuple(names[c] for c in cat_ids)
+    if label_map == "category_id":
+        top = max(names, default=0)
+        return {cid: cid for cid in names}, tuple(names.get(i, NO_CATEGORY) for i in range(top + 1))
+    if isinstance(label_map, str):
+        raise ValueError(f"label_map must be None, 'category_id' or a dict, got {label_map!r}")
+    mapping = {int(k): int(v) for k, v in label_map.items()}
+    labels = sorted(mapping.values())
+    if labels != list(range(len(labels))):
+        raise ValueError(f"label_map values must be the labels 0..{len(labels) - 1} once each, got {labels}")
+    missing = sorted(set(names) - set(mapping))
+    if missing:
+        raise ValueError(f"label_map has no label for the json's category ids {missing}")
+    inverse = {v: k for k, v in mapping.items()}
+    return mapping, tuple(names.get(inverse[i], NO_CATEGORY) for i in range(len(labels)))
+
+
+class CocoDetection(DetectionDataset):
+    """A COCO-format detection data set.
+
+    Args:
+        img_folder: folder with the images named by the json's ``file_name`` entries.
+        ann_file: the COCO ``instances`` json.
+        transforms: see :class:`~detr_tutorial.data.base.DetectionDataset`.
+        label_map: how category ids become labels; see :func:`make_label_map`.
+
+    ``target["image_id"]`` is the json's image id, the key evaluation uses.
+    """
+
+    def __init__(
+        self,
+        img_folder: PathLike,
+        ann_file: PathLike,
+        transforms: Optional[Transforms] = None,
+        label_map: Union[None, str, Mapping[int, int]] = None,
+    ) -> None:
+        super().__init__(transforms)
+        self.img_folder = Path(img_folder)
+        if not self.img_folder.is_dir():
+            raise FileNotFoundError(f"COCO image folder not found: {self.img_folder}")
+        self._coco = load_coco(ann_file)
+        self.ann_file = Path(ann_file)
+        self.label_map, self.class_names = make_label_map(self._coco.dataset.get("categories", []), label_map)
+        self.label_to_cat_id = {label: cid for cid, label in self.label_map.items()}
+        self.ids = sorted(self._coco.imgs)
+        self._targets = self._training_targets()
+
+    def _training_targets(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image: the boxes (xyxy, clipped) and labels used for training."""
+        targets, crowd, degenerate = [], 0, 0
+        for img_id in self.ids:
+            info = self._coco.imgs[img_id]
+            boxes, labels = [], []
+            for ann in self._coco.imgToAnns.get(img_id, []):
+                if ann.get("iscrowd", 0):
+                    crowd += 1
+                    continue
+                x, y, w, h = ann["bbox"]
+                x1, y1 = max(x, 0.0), max(y, 0.0)
+                x2, y2 = min(x + w, info["width"]), min(y + h, info["height"])
+                if x2 <= x1 or y2 <= y1:
+                    degenerate += 1
+                    continue
+                boxes.append([x1, y1, x2, y2])
+                labels.append(self.label_map[int(ann["category_id"])])
+            targets.append(
+                (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
+            )
+        if degenerate:
+            logger.warning("%s: removed %d degenerate (empty) boxes from the training targets",
+                           self.ann_file, degenerate)
+        logger.info("%s: %d images, %d crowd boxes left out of the training targets",
+                    self.ann_file, len(self.ids), crowd)
+        self.num_crowd_removed, self.num_degenerate_removed = crowd, degenerate
+        return targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> tuple[Image.Image, dict]:
+        img_id = self.ids[index]
+        path = self.img_folder / self._coco.imgs[img_id]["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {img_id} of {self.ann_file} not found: {path}")
+        image = Image.open(path).convert("RGB")
+        boxes, labels = self._targets[index]
+        width, height = image.size
+        return image, make_raw_target(boxes, labels, img_id, height, width)
+
+    def _build_coco(self) -> COCO:
+        return self._coco
+
+    def label_info(self) -> dict:
+        """What a checkpoint should store to map labels back: class names and category ids."""
+        return {
+            "class_names": list(self.class_names),
+            "label_to_cat_id": {int(k): int(v) for k, v in self.label_to_cat_id.items()},
+        }
+
+
+def find_coco_folder(root: PathLike, split: str) -> tuple[Path, Path]:
+    """Locate ``(img_folder, ann_file)`` of ``split`` in a COCO-format folder.
+
+    Layouts tried, in order (``{s}`` is the split, also ``{s}2017``):
+    ``root/annotations/instances_{s}.json`` with images in ``root/{s}/``, and the Roboflow
+    export ``root/{s}/_annotations.coco.json`` with the images beside it.
+    """
+    root = Path(root)
+    tried = []
+    for s in (split, f"{split}2017"):
+        for ann_file, img_folder in (
+            (root / "annotations" / f"instances_{s}.json", root / s),
+            (root / s / "_annotations.coco.json", root / s),
+        ):
+            tried.append(f"{ann_file} + {img_folder}/")
+            if ann_file.is_file() and img_folder.is_dir():
+                return img_folder, ann_file
+    raise FileNotFoundError(
+        f"no COCO-format {split!r} split under {root}; looked for (annotation json + image folder): "
+        + "; ".join(tried)
+    )
+
+
+def download_coco(root: PathLike, split: str = "val") -> None:
+    """Download and unpack COCO 2017 images of ``split`` and the annotations into ``root``
+    (val: 1 GB, train: 18 GB, annotations: 250 MB). Files already there are kept."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    if split not in ("train", "val"):
+        raise ValueError(f"COCO split must be 'train' or 'val', got {split!r}")
+    root = Path(root)
+    if not (root / f"{split}2017").is_dir():
+        download_and_extract_archive(COCO_URLS[split], str(root))
+    if not (root / "annotations" / f"instances_{split}2017.json").is_file():
+        download_and_extract_archive(COCO_URLS["annotations"], str(root))
+
+
+def build_coco(
+    root: PathLike,
+    split: str,
+    transforms: Optional[Transforms] = None,
+    label_map: Union[None, str, Mapping[int, int]] = None,
+    download: bool = False,
+) -> CocoDetection:
+    """COCO 2017 from ``root`` (``train2017/``, ``val2017/``, ``annotations/``)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"COCO split must be 'train' or 'val', got {split!r}")
+    root = Path(root)
+    if download:
+        download_coco(root, split)
+    img_folder = root / f"{split}2017"
+    ann_file = root / "annotations" / f"instances_{split}2017.json"
+    if not img_folder.is_dir() or not ann_file.is_file():
+        raise FileNotFoundError(
+            f"COCO 2017 {split} not found: expected the images in {img_folder} and the annotations "
+            f"in {ann_file}. Pass download=True (images.cocodataset.org) or unpack {split}2017.zip "
+            f"and annotations_trainval2017.zip into {root}."
+        )
+    return CocoDetection(img_folder, ann_file, transforms=transforms, label_map=label_map)
