@@ -1,0 +1,254 @@
+"""Checkpoints: written atomically, read safely, resumed exactly.
+
+A training checkpoint is a plain dict that :func:`torch.load` can read with
+``weights_only=True`` (no pickled classes, so opening a checkpoint from the internet cannot run
+code): tensors, dicts, lists, strings and numbers only. Configurations are stored as dicts.
+
+Layout (``format`` = :data:`FORMAT`)::
+
+    {"format": "detr_tutorial/1",
+     "model": state_dict, "config": DETRConfig.to_dict(), "class_names": [...],
+     "label_map": {category_id: label} or None,
+     # training checkpoints only:
+     "optimizer": ..., "scheduler": ..., "scaler": ... or None,
+     "step": int, "epoch": int, "step_in_epoch": int,
+     "rng": [per-rank RNG states], "recipe": {...}, "metrics": {...}}
+
+Writing goes to a temporary file in the same directory followed by :func:`os.replace`, which is
+atomic on POSIX and Windows: a crash (or SIGKILL) in the middle of a write leaves the previous
+checkpoint untouched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "ClassHeadMismatchError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "load_model_weights",
+    "model_from_checkpoint",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "detr_tutorial/1"
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not one of ours."""
+
+
+class ClassHeadMismatchError(CheckpointError):
+    """The checkpoint's class head was trained for another number of classes."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model under ``DistributedDataParallel`` and/or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder + ``os.replace``).
+
+    The temporary file lives next to the target so the final rename never crosses file systems
+    (a cross-device rename is a copy, which is not atomic). It is fsynced before the rename so a
+    power loss cannot leave a renamed but empty file. On any failure the temporary file is removed
+    and the previous checkpoint at ``path`` (if any) stays as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with one clear line.
+
+    Accepts our format and bare state dicts (``{"model": state_dict}`` or a state dict itself, as
+    the official repository and ``torch.save(model.state_dict())`` write them).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types (pickle, zip, RuntimeError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    if "model" not in ckpt:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            ckpt = {"model": ckpt}  # a bare state dict
+        else:
+            raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {sorted(ckpt)[:8]})")
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (CPU) and CUDA generator states, in ``weights_only``-loadable types."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_key, np_state, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(py_version), "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "key": str(np_key),
+            "state": torch.from_numpy(np.asarray(np_state, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+        else:
+            logger.warning(
+                "checkpoint has CUDA RNG states for %d devices, this machine has %d: not restored",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
+
+
+# ------------------------------------------------------------------------------ model weights
+def _class_head_key(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    for key in ("class_embed.weight",):
+        if key in state_dict:
+            return key
+    matches = [k for k in state_dict if k.endswith("class_embed.weight")]
+    return matches[0] if matches else None
+
+
+def _num_logits(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
+    key = _class_head_key(state_dict)
+    return None if key is None else int(state_dict[key].shape[0])
+
+
+def load_model_weights(
+    model: nn.Module,
+    checkpoint: Mapping[str, Any],
+    reset_class_head: bool = False,
+    source: str = "checkpoint",
+) -> None:
+    """Load ``checkpoint["model"]`` into ``model`` (strictly), checking the class head first.
+
+    A checkpoint trained for another number of classes is refused with
+    :class:`ClassHeadMismatchError`, whose message says how to proceed. With
+    ``reset_class_head=True`` every weight except the class head is loaded and the model keeps its
+    own, freshly initialized class head — the usual way to fine-tune on a new class set.
+    """
+    model = unwrap_model(model)
+    state = checkpoint["model"]
+    ours = model.state_dict()
+    head_key = _class_head_key(ours)
+    theirs_logits, ours_logits = _num_logits(state), _num_logits(ours)
+    if head_key is not None and theirs_logits is not None and theirs_logits != ours_logits:
+        if not reset_class_head:
+            raise ClassHeadMismatchError(
+                f"{source} was trained for {theirs_logits - 1} classes but the model has "
+                f"{ours_logits - 1}: build the model with num_classes={theirs_logits - 1}, load the "
+                f"weights, then call model.reset_class_head({ours_logits - 1}) to fine-tune on the new "
+                f"classes (command line: --reset-class-head)"
+            )
+    if reset_class_head:
+        prefix = head_key.rsplit("weight", 1)[0] if head_key else "class_embed."
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(prefix)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        logger.info("loaded %s without its class head (%s kept freshly initialized)", source, prefix)
+        return
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{source} does not fit the model ({detail[:300]})") from e
+
+
+def model_from_checkpoint(
+    checkpoint: Union[PathLike, Mapping[str, Any]],
+    map_location: Union[str, torch.device] = "cpu",
+    **overrides: Any,
+) -> nn.Module:
+    """Rebuild the model a checkpoint was trained with (from its stored config) and load its weights.
+
+    ``overrides`` change config fields before building; ``num_classes`` different from the
+    checkpoint's is refused (see :func:`load_model_weights`).
+    """
+    from .models import build_model  # local import: checkpoint I/O alone needs no model code
+    from .config import DETRConfig
+
+    ckpt = load_checkpoint(checkpoint, map_location) if not isinstance(checkpoint, Mapping) else checkpoint
+    source = f"checkpoint {checkpoint}" if not isinstance(checkpoint, Mapping) else "checkpoint"
+    if not ckpt.get("config"):
+        raise CheckpointError(
+            f"{source} has no model config (a bare state dict?): build the model yourself and use "
+            f"load_model_weights(model, ckpt)"
+        )
+    cfg = DETRConfig.from_dict(dict(ckpt["config"]))
+    # the trunk's weights come from the checkpoint: never download or read ImageNet weights here
+    # (keeping the stem frozen exactly as it was trained, which "pretrained" used to decide)
+    freeze_stem = cfg.freeze_stem if cfg.freeze_stem is not None else bool(cfg.pretrained_backbone)
+    cfg = cfg.replace(pretrained_backbone=False, freeze_stem=freeze_stem, **overrides)
+    model = build_model(cfg)
+    load_model_weights(model, ckpt, source=source)
+    return model

@@ -1,0 +1,361 @@
+"""The command line: ``python -m detr_tutorial train | eval | predict | convert``.
+
+Examples::
+
+    python -m detr_tutorial train                         # the CPU recipe on shapes, ends with mAP
+    python -m detr_tutorial train --recipe coco-r50 --data-dir /data/coco --device cuda
+    torchrun --nproc_per_node 8 -m detr_tutorial train --recipe coco-r50 --data-dir /data/coco
+    python -m detr_tutorial train --resume runs/shapes-cpu      # continue exactly where it stopped
+    python -m detr_tutorial eval --checkpoint runs/shapes-cpu/model_final.pth --dataset shapes --split val
+    python -m detr_tutorial predict --checkpoint model.pth img1.jpg img2.jpg --out preds/
+    python -m detr_tutorial convert --official detr-r50-e632da11.pth --out detr_r50.pth
+
+User errors (a missing file or folder, an unreadable checkpoint, a class-count mismatch, a bad
+option value) print one line starting with ``error:`` and exit with status 2; ``--debug``
+shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+logger = logging.getLogger("detr_tutorial.cli")
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported in one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------- helpers
+def _parse_value(text: str) -> Any:
+    """``--set`` values: JSON when it parses (numbers, true/false, null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        return text
+
+
+def _apply_sets(recipe: Any, sets: Sequence[str]) -> Any:
+    """Apply ``KEY=VALUE`` overrides: recipe fields, ``model.FIELD`` and ``data.OPTION``."""
+    fields: dict[str, Any] = {}
+    model_overrides = dict(recipe.model_overrides)
+    data_options = dict(recipe.dataset_options)
+    for item in sets:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        value = _parse_value(value)
+        if key.startswith("model."):
+            model_overrides[key[len("model."):]] = value
+        elif key.startswith("data."):
+            data_options[key[len("data."):]] = value
+        else:
+            fields[key] = value
+    try:
+        return recipe.replace(**fields, model_overrides=model_overrides, dataset_options=data_options)
+    except TypeError as e:
+        raise UsageError(str(e)) from e
+
+
+def _existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise UsageError(f"{what} is a directory, expected a file: {p}")
+    return p
+
+
+def _existing_dir(path: Optional[str], what: str) -> Optional[str]:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} not found: {p}")
+    if not p.is_dir():
+        raise UsageError(f"{what} is not a directory: {p}")
+    return str(p)
+
+
+# --------------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .evaluation import format_metrics_table
+    from .recipes import get_recipe
+    from .train import train
+
+    recipe = get_recipe(args.recipe)
+    if args.set:
+        recipe = _apply_sets(recipe, args.set)
+    data_dir = _existing_dir(args.data_dir, "data directory")
+    if recipe.dataset == "folder" and data_dir is None and recipe.data_dir is None:
+        raise UsageError("the 'folder' data set needs --data-dir (a COCO-format folder)")
+    if args.data_dir and recipe.dataset == "shapes":
+        recipe = recipe.replace(dataset="folder")  # --data-dir with the default recipe: the user's own data
+    output_dir = args.output_dir or f"runs/{recipe.name}"
+    resume = args.resume
+    if resume == "auto":
+        resume = output_dir
+    if resume is not None:
+        r = Path(resume)
+        target = r / "checkpoint.pth" if r.is_dir() else r
+        if not target.exists():
+            raise UsageError(f"checkpoint to resume not found: {target}")
+    if args.init_from is not None:
+        _existing_file(args.init_from, "checkpoint")
+    result = train(
+        recipe,
+        output_dir,
+        device=args.device,
+        max_steps=args.max_steps,
+        resume=resume,
+        init_from=args.init_from,
+        reset_class_head=args.reset_class_head,
+        data_dir=data_dir,
+        amp=args.amp,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        progress=not args.no_progress,
+    )
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(f"trained {recipe.name}: {result.steps} steps in {result.minutes:.1f} min of training")
+        print(f"model: {result.final_model}   checkpoint: {result.checkpoint}   log: {result.log}")
+        if result.metrics:
+            print(format_metrics_table(result.metrics))
+            print(f"mAP@[.5:.95] = {result.metrics['AP']:.4f}")
+    return 0
+
+
+def _eval_dataset(name: str, split: str, data_dir: Optional[str], options: dict[str, Any]):
+    from .data import build_dataset
+
+    return build_dataset(name, split, root=data_dir, **options)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import checkpoint as ckpt_io
+    from .engine import evaluate
+    from .evaluation import format_metrics_table
+    from .models import PostProcess
+    from .train import make_eval_loader
+
+    path = _existing_file(args.checkpoint, "checkpoint")
+    state = ckpt_io.load_checkpoint(path)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = ckpt_io.model_from_checkpoint(state).to(device)
+    dataset_name = args.dataset or (state.get("recipe") or {}).get("dataset") or "shapes"
+    data_dir = _existing_dir(args.data_dir, "data directory")
+    options = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        options[k.removeprefix("data.")] = _parse_value(v)
+    dataset = _eval_dataset(dataset_name, args.split, data_dir, options)
+    n_model, n_data = model.num_classes, len(dataset.class_names)
+    if n_model != n_data:
+        raise UsageError(
+            f"checkpoint {path} predicts {n_model} classes but the {dataset_name} {args.split} set has {n_data}"
+        )
+    cfg = model.config
+    loader = make_eval_loader(dataset, args.batch_size, args.num_workers, args.max_images)
+    post = PostProcess("sigmoid" if cfg is not None and cfg.focal_loss else "softmax")
+    metrics = evaluate(model, post, loader, dataset, device, progress=not args.no_progress)
+    print(f"{path} on {dataset_name} {args.split} ({len(loader.dataset)} images)")
+    print(format_metrics_table(metrics))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"metrics written to {out}")
+    return 0
+
+
+def _draw(image, det: dict, class_names: Optional[Sequence[str]]):
+    """A copy of a PIL image with boxes, names and scores drawn on it."""
+    from PIL import ImageDraw
+
+    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+    image = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(image)
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        color = palette[int(label) % len(palette)]
+        name = class_names[int(label)] if class_names and int(label) < len(class_names) else str(int(label))
+        draw.rectangle(box, outline=color, width=2)
+        text = f"{name} {score:.2f}"
+        x, y = box[0], max(0.0, box[1] - 11)
+        draw.rectangle(draw.textbbox((x, y), text), fill=color)
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return image
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from . import checkpoint as ckpt_io
+    from .models import predict
+
+    path = _existing_file(args.checkpoint, "checkpoint")
+    images = []
+    for name in args.images:
+        p = _existing_file(name, "image")
+        try:
+            with Image.open(p) as im:
+                images.append((p, im.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+            raise UsageError(f"cannot read image {p}: {e}") from e
+    state = ckpt_io.load_checkpoint(path)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = ckpt_io.model_from_checkpoint(state).to(device)
+    names = state.get("class_names") or (model.config.class_names if model.config is not None else None)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for p, im in images:
+        det = predict(model, im, threshold=args.threshold, device=device)[0]
+        drawn = _draw(im, det, names)
+        target = out_dir / f"{p.stem}_pred.png"
+        drawn.save(target)
+        print(f"{p}: {len(det['scores'])} objects -> {target}")
+        records.append(
+            {
+                "image": str(p),
+                "boxes": det["boxes"].tolist(),
+                "scores": det["scores"].tolist(),
+                "labels": det["labels"].tolist(),
+                "names": [names[int(i)] for i in det["labels"]] if names else None,
+            }
+        )
+    with open(out_dir / "predictions.json", "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=2)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from . import checkpoint as ckpt_io
+    from .pretrained import from_official
+
+    src = _existing_file(args.official, "official checkpoint")
+    model = from_official(args.name, checkpoint=str(src), map_location="cpu")
+    cfg = model.config
+    ckpt_io.save_checkpoint(
+        {
+            "format": ckpt_io.FORMAT,
+            "model": model.state_dict(),
+            "config": cfg.to_dict() if cfg is not None else {},
+            "class_names": list(cfg.class_names) if cfg is not None and cfg.class_names else None,
+            "label_map": None,
+            "source": str(src),
+        },
+        args.out,
+    )
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {src} ({args.name}, {n:,} parameters) -> {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .recipes import RECIPES
+
+    parser = argparse.ArgumentParser(prog="detr-tutorial", description="Train, evaluate and run DETR.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe (default: the CPU recipe on shapes)")
+    t.add_argument("--recipe", default="shapes-cpu", choices=sorted(RECIPES), help="named recipe (default shapes-cpu)")
+    t.add_argument("--data-dir", help="data root (VOC/COCO) or a COCO-format folder of your own")
+    t.add_argument("--output-dir", help="where checkpoints and the log go (default runs/RECIPE)")
+    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides the recipe's budget)")
+    t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                   help="continue a run exactly (no value: OUTPUT_DIR/checkpoint.pth)")
+    t.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights (fine-tuning)")
+    t.add_argument("--reset-class-head", action="store_true",
+                   help="with --init-from: replace the class head (checkpoint made for other classes)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    t.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 needs CUDA)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe field (batch_size=8), a model field (model.hidden_dim=64) "
+                        "or a data set option (data.train_num_images=100); repeatable")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="COCO mAP of a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", choices=["shapes", "voc", "coco", "folder"], help="default: the checkpoint's")
+    e.add_argument("--split", default="val")
+    e.add_argument("--data-dir")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--num-workers", type=int, default=0)
+    e.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    e.add_argument("--device")
+    e.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="a data set option; repeatable")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="draw detections on images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("convert", help="official DETR checkpoint -> this package's format")
+    c.add_argument("--official", required=True, help="a checkpoint of facebookresearch/detr")
+    c.add_argument("--out", required=True)
+    c.add_argument("--name", default="detr-r50", help="preset the checkpoint was trained as (detr-r50, ...)")
+    c.set_defaults(func=cmd_convert)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m detr_tutorial`` and the ``detr-tutorial`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+    from .engine import NonFiniteLossError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The training and evaluation loops: one pass over a data loader each.
+
+:func:`train_one_epoch` is the official ``engine.train_one_epoch`` plus what a real run needs:
+mixed precision (with a grad scaler for fp16), gradient accumulation, a learning-rate scheduler
+stepped per optimizer step, a step budget, and a hard stop on a non-finite loss that names the
+step and every loss term. :func:`evaluate` runs the model over a validation loader, turns its
+outputs into detections with :class:`~detr_tutorial.models.PostProcess` and scores them with
+pycocotools.
+
+The loops know nothing about recipes, checkpoints or logs: :mod:`detr_tutorial.train` does that
+through the ``on_step_end`` callback.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .distributed import is_main_process, reduce_mean_dict
+from .nested import NestedTensor, to_nested
+
+__all__ = [
+    "NonFiniteLossError",
+    "StepInfo",
+    "train_one_epoch",
+    "evaluate",
+    "collect_detections",
+    "move_targets",
+    "outputs_to_float",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped (the message names the step and terms)."""
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after every optimizer step (values averaged over processes)."""
+
+    step: int  # optimizer steps done so far (1 after the first step)
+    epoch: int
+    loss: float  # the weighted total that was back-propagated
+    terms: dict[str, float]  # unweighted terms (loss_ce, loss_bbox, ..., class_error, ...)
+    lr: float  # learning rate of the first (non-backbone) parameter group
+    lrs: list[float] = field(default_factory=list)  # every group's learning rate
+    grad_norm: Optional[float] = None  # before clipping
+    images: int = 0  # images this process saw in the step
+    seconds: float = 0.0  # wall time of the step
+
+
+def move_targets(targets: Sequence[Mapping[str, Any]], device: Union[str, torch.device]) -> list[dict[str, Any]]:
+    """Targets with every tensor on ``device`` (non-tensor entries kept as they are)."""
+    return [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
+
+
+def outputs_to_float(outputs: Any) -> Any:
+    """Model outputs with floating tensors in float32 (the matcher and loss run in full precision)."""
+    if isinstance(outputs, Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: outputs_to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(outputs_to_float(v) for v in outputs)
+    return outputs
+
+
+def _prepare_samples(samples: Any, device: torch.device, channels_last: bool) -> NestedTensor:
+    samples = to_nested(samples).to(device, non_blocking=True)
+    if channels_last:
+        samples = NestedTensor(samples.tensors.contiguous(memory_format=torch.channels_last), samples.mask)
+    return samples
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _format_terms(terms: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(terms.items()))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    data_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: Union[str, torch.device],
+    epoch: int,
+    max_norm: float = 0.1,
+    scaler: Optional["torch.amp.GradScaler"] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    accum_steps: int = 1,
+    scheduler: Optional[Any] = None,
+    *,
+    start_step: int = 0,
+    max_steps: Optional[int] = None,
+    channels_last: bool = False,
+    on_step_end: Optional[Callable[[StepInfo], None]] = None,
+    progress: Optional[Any] = None,
+) -> dict[str, Any]:
+    """Train over ``data_loader`` once (or until ``max_steps`` optimizer steps are done).
+
+    Args:
+        model: DETR, possibly wrapped in ``DistributedDataParallel`` or compiled.
+        criterion: a ``SetCriterion`` (``criterion(outputs, targets)`` and ``criterion.total``).
+        data_loader: yields ``(samples, targets)`` as :func:`~detr_tutorial.data.collate_fn` does.
+        max_norm: clip the global gradient norm to this (0 disables), as DETR does (0.1).
+        scaler: a ``torch.amp.GradScaler`` for fp16 (``None`` otherwise).
+        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run the forward pass under autocast.
+        accum_steps: micro-batches per optimizer step; each micro-batch's loss is divided by it.
+            Leftover micro-batches at the end of the loader (fewer than ``accum_steps``) are dropped.
+        scheduler: stepped after every optimizer step.
+        start_step: optimizer steps done before this call (numbering only).
+        max_steps: stop when the step counter reaches it.
+        on_step_end: called with a :class:`StepInfo` after every optimizer step.
+        progress: a ``tqdm`` bar to advance by one per step (its postfix shows loss and lr).
+
+    Returns:
+        ``{"step": steps done after this call, "loss": mean total, **mean terms, "steps": steps
+        in this call}``.
+
+    Raises:
+        NonFiniteLossError: the total loss (averaged over processes) is NaN or infinite.
+    """
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    device = torch.device(device)
+    model.train()
+    criterion.train()
+    step = start_step
+    sums: dict[str, float] = {}  # this optimizer step's terms (summed over micro-batches)
+    run: dict[str, float] = {}  # this call's running sums, for the returned means
+    run_n = 0
+    steps_here = 0
+    micro = 0
+    images = 0
+    t_step = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for samples, targets in data_loader:
+        if max_steps is not None and step >= max_steps:
+            break
+        samples = _prepare_samples(samples, device, channels_last)
+        targets = move_targets(targets, device)
+        last_micro = micro == accum_steps - 1
+        # DDP: only the last micro-batch of an accumulation all-reduces the gradients
+        sync = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else contextlib.nullcontext()
+        with sync:
+            with _autocast(device, amp_dtype):
+                outputs = model(samples)
+            losses = criterion(outputs_to_float(outputs), targets)
+            total = criterion.total(losses)
+            scaled = total / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        reduced = reduce_mean_dict({**losses, "loss": total})
+        loss_value = float(reduced["loss"])
+        if not math.isfinite(loss_value):
+            terms = {k: float(v) for k, v in reduced.items() if k != "loss"}
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at step {step + 1} (epoch {epoch}); stopping training. "
+                f"Loss terms: {_format_terms(terms)}"
+            )
+        for k, v in reduced.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / accum_steps
+        images += len(targets)
+        micro += 1
+        if not last_micro:
+            continue
+        micro = 0
+        # -- the optimizer step ------------------------------------------------------------
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = None
+        if max_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+        steps_here += 1
+        now = time.perf_counter()
+        step_terms = {k: v for k, v in sums.items()}
+        sums_total = step_terms.pop("loss")
+        info = StepInfo(
+            step=step,
+            epoch=epoch,
+            loss=sums_total,
+            terms=step_terms,
+            lr=lrs[0],
+            lrs=lrs,
+            grad_norm=grad_norm,
+            images=images,
+            seconds=now - t_step,
+        )
+        run_n += 1
+        run["loss"] = run.get("loss", 0.0) + info.loss
+        for k, v in info.terms.items():
+            run[k] = run.get(k, 0.0) + v
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", refresh=False)
+        if on_step_end is not None:
+            on_step_end(info)
+        # restart the wall clock after the callback: checkpoints and evaluation are not steps
+        sums, images, t_step = {}, 0, time.perf_counter()
+    means = {k: v / run_n for k, v in run.items()} if run_n else {}
+    return {"step": step, "steps": steps_here, **means}
+
+
+# ------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def collect_detections(
+    model: nn.Module,
+    postprocess: nn.Module,
+    data_loader: Iterable,
+    device: Union[str, torch.device],
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[int, dict[str, Tensor]]:
+    """Run the model in eval mode; ``{image_id: {"boxes" (xyxy px), "scores", "labels"}}`` on the CPU.
+
+    Boxes are in the pixels of each image's *original* size (``target["orig_size"]``), the frame
+    the ground truth is annotated in, whatever resizing the loader applied.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    results: dict[int, dict[str, Tensor]] = {}
+    try:
+        for samples, targets in tqdm(data_loader, desc="eval", leave=False, disable=not progress):
+            samples = _prepare_samples(samples, device, channels_last)
+            with _autocast(device, amp_dtype):
+                outputs = model(samples)
+            outputs = outputs_to_float(outputs)
+            missing = [i for i, t in enumerate(targets) if "orig_size" not in t or "image_id" not in t]
+            if missing:
+                raise ValueError(f"evaluation targets need 'image_id' and 'orig_size' (sample {missing[0]} lacks them)")
+            orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
+            dets = postprocess(outputs, orig_sizes)
+            for t, d in zip(targets, dets):
+                results[int(t["image_id"])] = {k: v.detach().cpu() for k, v in d.items()}
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate(
+    model: nn.Module,
+    postprocess: nn.Module,
+    data_loader: Iterable,
+    coco_gt: Any,
+    device: Union[str, torch.device],
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    label_to_cat_id: Optional[Mapping[int, int]] = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """COCO metrics (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ...) of the model.
+
+    Args:
+        coco_gt: a pycocotools ``COCO`` ground truth, or a data set exposing one (``.coco``),
+            whose ``label_to_cat_id`` is then used unless given.
+        label_to_cat_id: contiguous label -> COCO category id (``None``: the data set's, else the
+            ground truth's category ids in sorted order).
+
+    Only the images the loader yields are scored (so a loader over a subset gives that subset's
+    mAP). Call it on the main process; it runs no collective operations.
+    """
+    from . import evaluation
+
+    if hasattr(coco_gt, "coco") and not hasattr(coco_gt, "loadRes"):
+        if label_to_cat_id is None:
+            label_to_cat_id = getattr(coco_gt, "label_to_cat_id", None)
+        coco_gt = coco_gt.coco
+    if label_to_cat_id is None:
+        label_to_cat_id = {i: int(c) for i, c in enumerate(sorted(coco_gt.getCatIds()))}
+    detections = collect_detections(model, postprocess, data_loader, device, amp_dtype, channels_last, progress)
+    return evaluation.evaluate_detections(coco_gt, detections, label_to_cat_id=label_to_cat_id)
