@@ -90,7 +90,7 @@ def decoder_attention_grid(model_or_inference: Union[nn.Module, AttentionInferen
     maps = [decoder_attention_map(inference, q, layer, head) for q in queries]
     detections = {"boxes": inference.boxes[queries].reshape(-1, 4),
                   "scores": [float(inference.scores[q]) for q in queries],
-                  "labels": [int(inference.labels[q]) for q in queries]}
+                  "labels": [int(inference.labels[q]) for q in queries], "query": queries}
     return plot_decoder_attention_grid(inference.image, detections, maps,
                                        class_names=inference.class_names,
                                        max_columns=max_columns)

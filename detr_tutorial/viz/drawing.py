@@ -124,8 +124,11 @@ def draw_boxes(ax: Axes, image: Optional[ImageLike], boxes_xyxy: Union[torch.Ten
     ``scores`` are given, a caption such as ``"cat: 0.97"`` (class names from ``class_names``,
     else ``"class 3"``). Returns ``ax`` so calls chain.
     """
+    size = None
     if image is not None:
-        ax.imshow(to_display_image(image))
+        pixels = to_display_image(image)
+        size = pixels.shape[:2]
+        ax.imshow(pixels)
     boxes = np.asarray(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4))
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         c = colors[i] if colors is not None else color(i)
@@ -136,6 +139,9 @@ def draw_boxes(ax: Axes, image: Optional[ImageLike], boxes_xyxy: Union[torch.Ten
         if text is not None:
             ax.text(x1, y1, text, fontsize=8, color="white", va="bottom",
                     bbox=dict(facecolor=c, alpha=0.7, pad=1, edgecolor="none"))
+    if size is not None:  # boxes reaching past the border must not shrink the picture
+        ax.set_xlim(-0.5, size[1] - 0.5)
+        ax.set_ylim(size[0] - 0.5, -0.5)
     ax.set_axis_off()
     return ax
 
@@ -190,7 +196,8 @@ def plot_decoder_attention_grid(image: ImageLike, detections: Mapping[str, Seque
     """The official DETR notebook figure: each detection's decoder attention above its box.
 
     ``detections`` holds ``boxes`` ``[N, 4]`` in ``(x1, y1, x2, y2)`` pixels and optionally
-    ``scores`` and ``labels``; ``attn_maps`` is ``[N, h, w]``, one cross-attention map per
+    ``scores``, ``labels`` and ``query`` (the object-query indices, used in the titles);
+    ``attn_maps`` is ``[N, h, w]``, one cross-attention map per
     detection (for example ``dec_attn[-1, 0].mean(0)[query_ids]`` reshaped to the feature map).
     Detections beyond ``max_columns`` are left out (the first ones are kept). Returns a new
     ``Figure`` with two rows of ``N`` axes, or one axis with a note when ``N == 0``.
@@ -201,6 +208,7 @@ def plot_decoder_attention_grid(image: ImageLike, detections: Mapping[str, Seque
         raise ValueError(f"got {len(boxes)} boxes but {len(maps)} attention maps")
     scores = detections.get("scores")
     labels = detections.get("labels")
+    queries = detections.get("query")
     n = min(len(boxes), max_columns)
     if n == 0:
         fig = Figure(figsize=(panel_size * 1.5, panel_size))
@@ -208,14 +216,16 @@ def plot_decoder_attention_grid(image: ImageLike, detections: Mapping[str, Seque
         draw_boxes(ax, image, np.zeros((0, 4)))
         ax.set_title("no detections to show", fontsize=9)
         return fig
-    fig = Figure(figsize=(panel_size * n, panel_size * 2), layout="constrained")
-    axes = fig.subplots(2, n, squeeze=False)
     pixels = to_display_image(image)
+    aspect = pixels.shape[0] / pixels.shape[1]
+    fig = Figure(figsize=(panel_size * n, 2 * panel_size * aspect + 0.5), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         top, bottom = axes[0, i], axes[1, i]
         top.imshow(maps[i], cmap="viridis")
         top.set_axis_off()
-        top.set_title(f"attention, detection {i + 1}", fontsize=8)
+        name = f"query {int(queries[i])}" if queries is not None else f"detection {i + 1}"
+        top.set_title(f"attention of {name}", fontsize=8)
         draw_boxes(bottom, pixels, boxes[i:i + 1],
                    labels=None if labels is None else [labels[i]],
                    scores=None if scores is None else [scores[i]],

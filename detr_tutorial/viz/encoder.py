@@ -63,6 +63,9 @@ def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tu
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan",
                                linewidth=1.5))
         ax.plot([point[0]], [point[1]], marker="+", color="red", markersize=12, mew=2)
+        # the last cell may reach past the image border: keep the view on the image
+        ax.set_xlim(-0.5, inference.image_size[1] - 0.5)
+        ax.set_ylim(inference.image_size[0] - 0.5, -0.5)
         ax.set_axis_off()
     left.set_title(f"point (x={point[0]:.0f}, y={point[1]:.0f}):\n"
                    f"feature cell ({cell[0]}, {cell[1]}) of {h}x{w}", fontsize=9)
@@ -71,10 +74,20 @@ def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tu
     return attn_map
 
 
-def _new_figure(image_size: Tuple[int, int], panels: int = 2, panel_width: float = 3.2) -> Figure:
+def _new_figure(image_size: Tuple[int, int], panels: int = 2, panel_width: float = 3.2,
+                title_height: float = 0.45) -> Figure:
+    """A figure of ``panels`` image panels side by side with room for two-line titles.
+
+    Margins are fixed rather than left to a layout engine: the panels only hold images, and
+    constrained layout would double the time of each explorer redraw.
+    """
     height, width = image_size
-    return Figure(figsize=(panels * panel_width, panel_width * height / width + 0.7),
-                  layout="constrained")
+    panel_height = panel_width * height / width
+    fig = Figure(figsize=(panels * panel_width, panel_height + title_height + 0.1))
+    total = panel_height + title_height + 0.1
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.05 / total,
+                        top=1 - title_height / total, wspace=0.04)
+    return fig
 
 
 def encoder_attention_figure(model_or_inference: Union[nn.Module, AttentionInference],
