@@ -156,6 +156,22 @@ def test_a_click_on_the_drawn_image_moves_the_point_there(model, image):
     assert explorer.current_cell == (2, 0)
 
 
+def test_clicks_are_wired_to_the_image_when_ipyevents_is_installed(model, image):
+    pytest.importorskip("ipyevents")
+    explorer = viz.EncoderAttentionExplorer(model, image, clicks=True)
+    assert explorer._events.source is explorer.image_widget
+    assert "click the picture" in explorer.status
+
+
+def test_clicks_without_ipyevents_raise_an_import_error_saying_what_to_install(model, image,
+                                                                               monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipyevents", None)  # as if it were not installed
+    with pytest.raises(ImportError, match="pip install ipyevents"):
+        viz.EncoderAttentionExplorer(model, image, clicks=True)
+
+
 def test_a_click_beside_the_pictures_gives_a_status_message(model, image):
     explorer = viz.EncoderAttentionExplorer(model, image)
     explorer.handle_click({"dataX": 0.0, "dataY": 0.0})

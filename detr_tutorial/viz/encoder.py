@@ -114,13 +114,17 @@ class EncoderAttentionExplorer(Explorer):
 
     The model runs once here; every change only redraws. The drawn data is kept for inspection:
     ``current_map`` (``[h, w]`` numpy array), ``current_point`` ``(x, y)``, ``current_cell``
-    ``(row, col)``; ``status`` holds the message shown under the controls. Clicking the image
-    needs the ``ipyevents`` package (``pip install ipyevents``); without it the sliders do the
-    same job.
+    ``(row, col)``; ``status`` holds the message shown under the controls.
+
+    ``clicks=True`` also moves the point to a click on the picture. ipywidgets' ``Image`` has no
+    click events, so this needs the ``ipyevents`` package (``pip install ipyevents``; in Colab
+    also ``google.colab.output.enable_custom_widget_manager()``). It is opt-in because a front
+    end without ipyevents' JavaScript (a static book page, plain Colab) reports a missing widget
+    model; the x/y sliders work everywhere.
     """
 
     def __init__(self, model: nn.Module, image: ImageLike,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+                 class_names: Optional[Sequence[str]] = None, clicks: bool = False) -> None:
         super().__init__()
         self.model = model
         self.class_names = class_names
@@ -146,7 +150,7 @@ class EncoderAttentionExplorer(Explorer):
         for control in controls:
             self._observe(control)
         self._assemble(*controls)
-        self._events = self._connect_clicks()
+        self._events = self._connect_clicks() if clicks else None
         self.redraw()
 
     # -- options ----------------------------------------------------------------------------
@@ -200,9 +204,9 @@ class EncoderAttentionExplorer(Explorer):
         self.current_cell = point_to_cell(point, self.inference.image_size,
                                           self.inference.feature_shape)
         h, w = self.inference.feature_shape
-        hint = "" if self._click_enabled else " (pip install ipyevents to pick it by clicking)"
+        how = "click the picture or move x and y" if self._click_enabled else "move x and y"
         self._set_status(f"feature map {h}x{w}; the point's cell is {self.current_cell}; "
-                         f"move x and y to pick another point{hint}")
+                         f"{how} to pick another point")
         return fig
 
     # -- clicks -----------------------------------------------------------------------------
@@ -210,10 +214,11 @@ class EncoderAttentionExplorer(Explorer):
     def _click_enabled(self) -> bool:
         return getattr(self, "_events", None) is not None
 
-    def _connect_clicks(self) -> Optional[Any]:
+    def _connect_clicks(self) -> Any:
         ipyevents = optional_ipyevents()
         if ipyevents is None:
-            return None
+            raise ImportError("picking the point by clicking needs ipyevents: pip install "
+                              "ipyevents (or use clicks=False and the x/y sliders)")
         events = ipyevents.Event(source=self.image_widget, watched_events=["click"])
         events.on_dom_event(self.handle_click)
         return events

@@ -35,9 +35,12 @@ def _one_image(outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping[st
         raise ValueError(f"image_index must be in 0..{batch - 1}, got {image_index}")
     if len(targets) != batch:
         raise ValueError(f"got {batch} images in the outputs but {len(targets)} targets")
-    one = {key: outputs[key][image_index:image_index + 1].detach()
+    # on the CPU and detached: the explorer may be handed a training step's outputs on a GPU
+    one = {key: outputs[key][image_index:image_index + 1].detach().float().cpu()
            for key in ("pred_logits", "pred_boxes")}
-    return one, [targets[image_index]]
+    target = {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value
+              for key, value in targets[image_index].items()}
+    return one, [target]
 
 
 class MatchingProblem:

@@ -136,7 +136,7 @@ def try_explorer(explorer_cls: Callable[..., Explorer], *args: Any, **kwargs: An
     try:
         return explorer_cls(*args, **kwargs)
     except ValueError as err:
-        logger.warning("%s: %s", getattr(explorer_cls, "__name__", "explorer"), err)
+        logger.info("%s: %s", getattr(explorer_cls, "__name__", "explorer"), err)
         widgets = require_ipywidgets()
         return widgets.HTML(value='<span style="color:#b00020;font-weight:bold">'
                                   f"{html.escape(str(err))}</span>")
