@@ -180,5 +180,6 @@ class DecoderAttentionExplorer(Explorer):
                                                   self.head_dropdown.value)
         self.current_query = int(query)
         self._set_status(f"{len(self.detections)} detections above "
-                         f"{self.threshold_slider.value:.2f}; showing {detection_label(self.inference, query)}")
+                         f"{self.threshold_slider.value:.2f}; showing "
+                         f"{detection_label(self.inference, query)}")
         return fig

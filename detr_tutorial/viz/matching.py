@@ -113,7 +113,8 @@ class MatchingProblem:
         return losses
 
 
-def _canvas(image: Optional[ImageLike], target: Mapping[str, torch.Tensor]) -> Tuple[np.ndarray, Tuple[int, int]]:
+def _canvas(image: Optional[ImageLike],
+            target: Mapping[str, torch.Tensor]) -> Tuple[np.ndarray, Tuple[int, int]]:
     """The picture to draw boxes on: the image, or a blank canvas of the target's size."""
     if image is not None:
         pixels = to_display_image(image)
