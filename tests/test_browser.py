@@ -3,7 +3,7 @@
 The site is served from ``_build/html`` on 127.0.0.1; each page of ``_toc.yml`` (both languages,
 so new chapters are picked up without editing this file) must:
 
-- have the title of its first heading;
+- have the title of its first heading, and ``lang="ko"`` in the Korean edition;
 - show every image (``naturalWidth > 0``);
 - typeset its math with MathJax when it has math, without MathJax errors;
 - render its stored ipywidgets (the widget area is not empty) when it has any;
@@ -154,6 +154,7 @@ def test_page_renders_offline(server, browser, page_info):
         page.screenshot(path=str(SCREENSHOTS / f"{page_info.slug}.png"), full_page=True)
 
         title = page.title()
+        html_lang = page.evaluate("() => document.documentElement.lang")
         images = page.eval_on_selector_all(
             "img", "els => els.map(e => ({src: e.currentSrc || e.src, ok: e.complete && e.naturalWidth > 0}))"
         )
@@ -181,6 +182,9 @@ def test_page_renders_offline(server, browser, page_info):
         problems.append(f"{page_info.source} has no level-1 heading")
     elif title.split(" \u2014 ")[0].strip() != heading:
         problems.append(f"title {title!r} does not start with the first heading {heading!r}")
+
+    if page_info.lang and html_lang != page_info.lang:
+        problems.append(f"<html lang={html_lang!r}>, expected {page_info.lang!r}")
 
     problems += [f"image did not load: {img['src']}" for img in images if not img["ok"]]
 
