@@ -26,6 +26,13 @@ def test_default_config_is_the_books_data_set():
     assert ShapesDataset("val").class_names == CLASSES == ("circle", "rectangle", "triangle")
 
 
+def test_label_info_maps_labels_to_names_and_category_ids():
+    assert ShapesDataset("val", num_images=1).label_info() == {
+        "class_names": ["circle", "rectangle", "triangle"],
+        "label_to_cat_id": {0: 1, 1: 2, 2: 3},
+    }
+
+
 def test_same_index_gives_same_pixels_and_boxes_in_any_order_and_instance():
     forward = ShapesDataset("val", num_images=6)
     backward = ShapesDataset("val", num_images=6)

@@ -86,6 +86,16 @@ def test_missing_voc_root_says_where_and_how_to_download(tmp_path):
     assert str(tmp_path / "nowhere" / "VOCdevkit" / "VOC2007") in str(info.value)
 
 
+def test_voc_download_skips_data_already_in_place(voc_root, monkeypatch):
+    import torchvision.datasets.voc as tv_voc
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(tv_voc, "download_and_extract_archive", no_network)
+    assert len(VOCDataset(voc_root, "2007", "trainval", download=True)) == 2
+
+
 def test_voc_rejects_unknown_year_and_image_set(voc_root):
     with pytest.raises(ValueError, match="year"):
         VOCDataset(voc_root, year="2013")

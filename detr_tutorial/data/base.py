@@ -64,6 +64,13 @@ class DetectionDataset(Dataset):
         """Number of object classes (the model adds one "no object" class on top)."""
         return len(self.class_names)
 
+    def label_info(self) -> dict:
+        """What a checkpoint should store so labels map back to names and category ids."""
+        return {
+            "class_names": list(self.class_names),
+            "label_to_cat_id": {int(k): int(v) for k, v in self.label_to_cat_id.items()},
+        }
+
     def load(self, index: int) -> tuple[Image.Image, dict]:
         """The untransformed sample: a PIL RGB image and the target of :func:`make_raw_target`."""
         raise NotImplementedError

@@ -142,13 +142,6 @@ class CocoDetection(DetectionDataset):
     def _build_coco(self) -> COCO:
         return self._coco
 
-    def label_info(self) -> dict:
-        """What a checkpoint should store to map labels back: class names and category ids."""
-        return {
-            "class_names": list(self.class_names),
-            "label_to_cat_id": {int(k): int(v) for k, v in self.label_to_cat_id.items()},
-        }
-
 
 def find_coco_folder(root: PathLike, split: str) -> tuple[Path, Path]:
     """Locate ``(img_folder, ann_file)`` of ``split`` in a COCO-format folder.

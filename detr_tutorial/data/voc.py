@@ -107,9 +107,12 @@ class VOCDataset(DetectionDataset):
                 f"from the official mirror) or unpack VOCtrainval/VOCtest tar files into {self.root}."
             )
         split_file = voc_dir / "ImageSets" / "Main" / f"{image_set}.txt"
-        if not download and not split_file.is_file():
+        if not split_file.is_file() and not download:
             raise FileNotFoundError(f"VOC split list not found: {split_file}")
-        self._voc = VOCDetection(str(self.root), year=year, image_set=image_set, download=download)
+        # Download (and unpack, which takes minutes) only what is missing.
+        self._voc = VOCDetection(
+            str(self.root), year=year, image_set=image_set, download=download and not split_file.is_file()
+        )
         self.year, self.image_set, self.keep_difficult = year, image_set, keep_difficult
         self.class_names = VOC_CLASSES
         self.label_to_cat_id = {label: label + 1 for label in range(len(VOC_CLASSES))}
