@@ -168,6 +168,7 @@ def test_coco_category_id_labels_as_in_official_detr(coco_root):
                        label_map="category_id")
     assert ds.class_names == ("N/A", "N/A", "N/A", "cat", "N/A", "bird", "N/A", "dog")
     assert ds[1][1]["labels"].tolist() == [7]
+    assert ds.label_to_cat_id == {i: i for i in range(8)}
 
 
 def test_coco_label_map_saved_with_a_checkpoint_round_trips(coco_root):

@@ -81,6 +81,14 @@ def test_labels_are_mapped_to_category_ids():
     assert right["AP"] == pytest.approx(1.0) and wrong["AP"] == pytest.approx(0.0)
 
 
+def test_detections_of_categories_without_ground_truth_are_ignored():
+    # label 1 maps to category 2, which the ground truth does not have (an official COCO
+    # checkpoint's "N/A" classes): pycocotools leaves it out instead of counting a false positive
+    predictions = {1: dets([[0, 0, 100, 100], [0, 0, 50, 50]], [0.9, 0.99], [0, 1])}
+    metrics = evaluate_detections(ONE_LARGE_GT, predictions, {0: 1, 1: 2})
+    assert metrics["AP"] == pytest.approx(1.0)
+
+
 def test_images_without_detections_score_zero():
     metrics = evaluate_detections(ONE_LARGE_GT, {1: dets([], [], [])}, LABEL0)
     assert metrics["AP"] == 0.0 and metrics["AR100"] == 0.0

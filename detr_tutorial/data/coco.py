@@ -93,7 +93,12 @@ class CocoDetection(DetectionDataset):
         self._coco = load_coco(ann_file)
         self.ann_file = Path(ann_file)
         self.label_map, self.class_names = make_label_map(self._coco.dataset.get("categories", []), label_map)
-        self.label_to_cat_id = {label: cid for cid, label in self.label_map.items()}
+        if label_map == "category_id":
+            # every label is a category id, also the "N/A" ones an official checkpoint may
+            # still predict; pycocotools ignores detections of categories without ground truth
+            self.label_to_cat_id = {label: label for label in range(len(self.class_names))}
+        else:
+            self.label_to_cat_id = {label: cid for cid, label in self.label_map.items()}
         self.ids = sorted(self._coco.imgs)
         self._targets = self._training_targets()
 
