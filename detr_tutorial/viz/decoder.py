@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .drawing import (ImageLike, color, draw_boxes, overlay_attention,
-                      plot_decoder_attention_grid, to_display_image)
+                      plot_decoder_attention_grid)
 from .encoder import _head_name, _new_figure
 from .inference import (AttentionInference, Head, as_inference, check_layer, detections_above,
                         run_attention, select_head)
@@ -44,7 +44,7 @@ def draw_decoder_attention(fig: Figure, inference: AttentionInference, query: in
     """Draw the detection's box and its cross-attention map on ``fig``; return the ``[h, w]`` map."""
     attn_map = decoder_attention_map(inference, query, layer, head)
     layer = check_layer(layer, inference.num_dec_layers)
-    pixels = to_display_image(inference.image)
+    pixels = inference.pixels
     left, right = fig.subplots(1, 2)
     box = inference.boxes[query:query + 1]
     draw_boxes(left, pixels, box, labels=[int(inference.labels[query])],
@@ -91,7 +91,7 @@ def decoder_attention_grid(model_or_inference: Union[nn.Module, AttentionInferen
     detections = {"boxes": inference.boxes[queries].reshape(-1, 4),
                   "scores": [float(inference.scores[q]) for q in queries],
                   "labels": [int(inference.labels[q]) for q in queries], "query": queries}
-    return plot_decoder_attention_grid(inference.image, detections, maps,
+    return plot_decoder_attention_grid(inference.pixels, detections, maps,
                                        class_names=inference.class_names,
                                        max_columns=max_columns)
 
@@ -170,7 +170,7 @@ class DecoderAttentionExplorer(Explorer):
                        f"(the best score is {best:.2f}): lower the threshold")
             fig = _new_figure(self.inference.image_size, panels=1)
             ax = fig.subplots()
-            draw_boxes(ax, self.inference.image, np.zeros((0, 4)))
+            draw_boxes(ax, self.inference.pixels, np.zeros((0, 4)))
             ax.set_title("no detection above the threshold", fontsize=9)
             self._set_status(message, problem=True)
             return fig

@@ -94,7 +94,20 @@ def denormalize(image: torch.Tensor) -> torch.Tensor:
 
 
 def to_display_image(image: ImageLike) -> np.ndarray:
-    """A PIL image or a ``[3, H, W]`` tensor in ``[0, 1]`` as an ``[H, W, 3]`` float array for ``imshow``."""
+    """A PIL image or a ``[3, H, W]`` tensor in ``[0, 1]`` as an ``[H, W, 3]`` float array for ``imshow``.
+
+    An ``[H, W, 3]`` float array in ``[0, 1]`` (what this returns) is checked and passed through
+    without a round trip through torch: explorers redraw from such a cached array, and small
+    torch reductions are slow when the CPU is shared.
+    """
+    if isinstance(image, np.ndarray) and image.dtype.kind == "f":
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"expected a numpy image of shape [H, W, 3], got shape {tuple(image.shape)}")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"expected pixel values in [0, 1], got values in [{lo:.3f}, {hi:.3f}]")
+        return image.astype(np.float32, copy=False)
     return image_to_tensor(image).permute(1, 2, 0).numpy()
 
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from .drawing import ImageLike, overlay_attention, to_display_image
+from .drawing import ImageLike, overlay_attention
 from .inference import (AttentionInference, Head, as_inference, cell_box, check_layer,
                         point_to_cell, run_attention, select_head)
 from .widget_base import Explorer, optional_ipyevents
@@ -55,7 +55,7 @@ def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tu
     cell = point_to_cell(point, inference.image_size, inference.feature_shape)
     x1, y1, x2, y2 = cell_box(cell, inference.image_size, inference.feature_shape)
     h, w = inference.feature_shape
-    pixels = to_display_image(inference.image)
+    pixels = inference.pixels
     left, right = fig.subplots(1, 2)
     left.imshow(pixels)
     overlay_attention(right, pixels, attn_map)

@@ -41,6 +41,15 @@ class AttentionInference:
     class_names: Optional[Sequence[str]] = None
 
     @property
+    def pixels(self) -> np.ndarray:
+        """The image as an ``[H, W, 3]`` float array for ``imshow`` (computed once, then cached)."""
+        cached = self.__dict__.get("_pixels")
+        if cached is None:
+            cached = self.image.permute(1, 2, 0).numpy()  # [3,H,W] -> [H,W,3]
+            self.__dict__["_pixels"] = cached
+        return cached
+
+    @property
     def image_size(self) -> Tuple[int, int]:
         """``(H, W)`` of the image in pixels."""
         return int(self.image.shape[1]), int(self.image.shape[2])

@@ -43,7 +43,9 @@ def figure_to_png(fig: Figure, dpi: Optional[float] = None) -> bytes:
     """Render a figure to PNG bytes with the Agg canvas (no pyplot, no GUI backend)."""
     FigureCanvasAgg(fig)  # attaches itself to fig
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi if dpi is not None else fig.dpi)
+    # compress_level=1: a little larger PNG, several times faster to encode than the default 6
+    fig.savefig(buffer, format="png", dpi=dpi if dpi is not None else fig.dpi,
+                pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
