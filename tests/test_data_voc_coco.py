@@ -26,21 +26,25 @@ VOC_OBJECT = """<object><name>{cls}</name><difficult>{difficult}</difficult>
 <bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"""
 
 
-@pytest.fixture
-def voc_root(tmp_path):
-    """VOC2007 with two images: 000001 (40 x 30): a dog and a difficult person; 000002 (20 x 20): a cat."""
-    base = tmp_path / "VOCdevkit" / "VOC2007"
+def write_voc(root, year, images, image_set="trainval"):
+    """A VOC<year> folder; images: name -> ((w, h), [(class, difficult, (xmin, ymin, xmax, ymax))])."""
+    base = root / "VOCdevkit" / f"VOC{year}"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (base / sub).mkdir(parents=True)
-    images = {
-        "000001": ((40, 30), [("dog", 0, (5, 6, 20, 25)), ("person", 1, (1, 1, 10, 10))]),
-        "000002": ((20, 20), [("cat", 0, (2, 3, 12, 18))]),
-    }
+        (base / sub).mkdir(parents=True, exist_ok=True)
     for name, ((w, h), objects) in images.items():
         Image.new("RGB", (w, h), (120, 30, 200)).save(base / "JPEGImages" / f"{name}.jpg")
         objs = "".join(VOC_OBJECT.format(cls=c, difficult=d, b=b) for c, d, b in objects)
         (base / "Annotations" / f"{name}.xml").write_text(VOC_XML.format(name=name, w=w, h=h, objects=objs))
-    (base / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n000002\n")
+    (base / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{n}\n" for n in images))
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    """VOC2007 with two images: 000001 (40 x 30): a dog and a difficult person; 000002 (20 x 20): a cat."""
+    write_voc(tmp_path, "2007", {
+        "000001": ((40, 30), [("dog", 0, (5, 6, 20, 25)), ("person", 1, (1, 1, 10, 10))]),
+        "000002": ((20, 20), [("cat", 0, (2, 3, 12, 18))]),
+    })  # fmt: skip
     return tmp_path
 
 
@@ -106,6 +110,19 @@ def test_voc_rejects_unknown_year_and_image_set(voc_root):
 def test_build_dataset_voc_train_uses_trainval_of_2007(voc_root):
     ds = build_dataset("voc", "train", root=voc_root, transforms=None)
     assert ds.image_set == "trainval" and len(ds) == 2
+
+
+def test_voc_07_plus_12_concatenates_with_unique_image_ids(voc_root):
+    write_voc(voc_root, "2012", {"2008_000001": ((30, 30), [("horse", 0, (1, 1, 30, 30))])})
+    ds = build_dataset("voc", "train", root=voc_root, year="2007+2012", transforms=None)
+    assert len(ds) == 3 and ds.class_names == VOC_CLASSES
+    image, target = ds[2]  # the VOC2012 image: ids 0, 1 are taken by VOC2007
+    assert int(target["image_id"]) == 2 and image.shape == (3, 30, 30)
+    assert target["labels"].tolist() == [VOC_CLASSES.index("horse")]
+    assert ds.coco.getImgIds() == [0, 1, 2]
+    ann = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=2))
+    assert [a["bbox"] for a in ann] == [[0.0, 0.0, 30.0, 30.0]]
+    assert len(ds.coco.getAnnIds()) == 4 and len(set(ds.coco.getAnnIds())) == 4
 
 
 # ---- COCO format -----------------------------------------------------------------------------

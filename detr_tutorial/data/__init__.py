@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .base import DetectionDataset
+from .base import ConcatDetectionDataset, DetectionDataset
 from .coco import CocoDetection, build_coco, download_coco, find_coco_folder
 from .collate import collate_fn
 from .shapes import CLASSES as SHAPES_CLASSES
@@ -19,7 +19,7 @@ from .transforms import RandomSizeCrop, ToDetrTarget, make_transforms
 from .voc import SPLIT_TO_IMAGE_SET, VOC_CLASSES, VOCDataset
 
 __all__ = [
-    "DATASETS", "CocoDetection", "DetectionDataset", "RandomSizeCrop", "SHAPES_CLASSES",
+    "DATASETS", "CocoDetection", "ConcatDetectionDataset", "DetectionDataset", "RandomSizeCrop", "SHAPES_CLASSES",
     "ShapesConfig", "ShapesDataset", "ToDetrTarget", "VOCDataset", "VOC_CLASSES",
     "build_dataset", "collate_fn", "download_coco", "find_coco_folder", "make_transforms",
 ]  # fmt: skip
@@ -48,7 +48,8 @@ def build_dataset(
         transforms: ``"default"``: the preset of :func:`make_transforms` for this data set
             and split (ImageNet-normalized); ``None``: float images in ``[0, 1]``, no
             augmentation; or any callable ``(PIL image, raw target) -> (image, target)``.
-        **kwargs: passed on - shapes: ``config``, ``num_images``; voc: ``year`` (``"2007"``),
+        **kwargs: passed on - shapes: ``config``, ``num_images``; voc: ``year`` (``"2007"``, or
+            ``"2007+2012"``: train on both trainval sets, evaluate on VOC2007 test),
             ``image_set`` (default: 2007 train -> trainval, val -> test), ``download``,
             ``keep_difficult``; coco: ``download``, ``label_map``; folder: ``label_map``.
     """
@@ -64,12 +65,17 @@ def build_dataset(
     if name == "shapes":
         return ShapesDataset(split, transforms=transforms, **kwargs)
     if name == "voc":
+        root = root or DEFAULT_ROOTS["voc"]
         year = str(kwargs.pop("year", "2007"))
+        if year == "2007+2012":  # the usual "07+12" protocol: train on both trainvals, test on 2007
+            if split != "train":
+                return build_dataset("voc", split, root, transforms=transforms, year="2007", **kwargs)
+            parts = [VOCDataset(root, year=y, image_set="trainval", **kwargs) for y in ("2007", "2012")]
+            return ConcatDetectionDataset(parts, transforms=transforms)
         image_set = kwargs.pop("image_set", None) or SPLIT_TO_IMAGE_SET.get((year, split))
         if image_set is None:
             raise ValueError(f"no default VOC{year} image set for split {split!r}; pass image_set=")
-        return VOCDataset(root or DEFAULT_ROOTS["voc"], year=year, image_set=image_set,
-                          transforms=transforms, **kwargs)
+        return VOCDataset(root, year=year, image_set=image_set, transforms=transforms, **kwargs)
     if name == "coco":
         return build_coco(root or DEFAULT_ROOTS["coco"], split, transforms=transforms, **kwargs)
     if root is None:

@@ -20,6 +20,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .coco_format import coco_from_dict
+
 Transforms = Callable[[object, dict], tuple]
 
 
@@ -103,6 +105,57 @@ class DetectionDataset(Dataset):
         return image, target
 
 
-def class_index(names: Sequence[str]) -> dict[str, int]:
-    """Class name -> contiguous label."""
-    return {name: i for i, name in enumerate(names)}
+class ConcatDetectionDataset(DetectionDataset):
+    """Several data sets with the same classes as one (e.g. VOC2007 + VOC2012 trainval).
+
+    Image ids are shifted so they stay unique: the images of the ``k``-th data set get
+    ``offset_k + id``, where ``offset_k`` is one more than the largest id before it. The COCO
+    ground truth is the union of the parts with those ids. The parts' own transforms are not
+    used (their raw samples are); ``transforms`` applies to all.
+    """
+
+    def __init__(self, datasets: Sequence[DetectionDataset], transforms: Optional[Transforms] = None) -> None:
+        super().__init__(transforms)
+        if not datasets:
+            raise ValueError("ConcatDetectionDataset needs at least one data set")
+        first = datasets[0]
+        for ds in datasets[1:]:
+            if tuple(ds.class_names) != tuple(first.class_names) or ds.label_to_cat_id != first.label_to_cat_id:
+                raise ValueError("data sets to concatenate must have the same classes and category ids")
+        self.datasets = list(datasets)
+        self.class_names = tuple(first.class_names)
+        self.label_to_cat_id = dict(first.label_to_cat_id)
+        self.offsets, self.starts = [], []
+        offset, start = 0, 0
+        for ds in self.datasets:
+            self.offsets.append(offset)
+            self.starts.append(start)
+            ids = ds.coco.getImgIds()
+            offset += (max(ids) + 1) if ids else 0
+            start += len(ds)
+        self._len = start
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, index: int) -> int:
+        part = 0
+        while part + 1 < len(self.starts) and index >= self.starts[part + 1]:
+            part += 1
+        return part
+
+    def load(self, index: int) -> tuple[Image.Image, dict]:
+        part = self._locate(index)
+        image, target = self.datasets[part].load(index - self.starts[part])
+        target["image_id"] = target["image_id"] + self.offsets[part]
+        return image, target
+
+    def _build_coco(self) -> COCO:
+        images, annotations = [], []
+        for ds, offset in zip(self.datasets, self.offsets):
+            data = ds.coco.dataset
+            images += [{**im, "id": im["id"] + offset} for im in data["images"]]
+            for ann in data["annotations"]:
+                annotations.append({**ann, "id": len(annotations) + 1, "image_id": ann["image_id"] + offset})
+        categories = self.datasets[0].coco.dataset["categories"]
+        return coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
