@@ -3,7 +3,18 @@
 Static helpers draw on matplotlib figures the caller owns (no ``pyplot`` state). The explorers
 are ipywidgets apps; importing this package does not import ipywidgets, building an explorer
 does (``pip install ipywidgets``). Each explorer has a static twin drawing the same picture
-for fixed settings, for books and papers.
+for fixed settings, for books and papers::
+
+    from detr_tutorial import viz
+    viz.EncoderAttentionExplorer(model, image)            # image: PIL or [3, H, W] in [0, 1]
+    viz.DecoderAttentionExplorer(model, image, threshold=0.7)
+    viz.MatchingExplorer(outputs, targets, image=image)   # cost-weight sliders
+    fig = viz.encoder_attention_figure(model, image, point=(120, 80), layer=-1, head="mean")
+
+An explorer runs the model once and redraws from that run; its figure is a PNG inside an
+``ipywidgets.Image``, so executed notebooks keep the last picture in their stored widget state.
+Static figures are plain ``matplotlib.figure.Figure`` objects: in a notebook, ``%matplotlib
+inline`` makes them display as the value of a cell.
 """
 from .decoder import (DecoderAttentionExplorer, decoder_attention_figure, decoder_attention_grid,
                       decoder_attention_map)
