@@ -18,7 +18,8 @@ small); we keep that convention.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ def evaluate_detections(
     coco_gt: COCO,
     predictions: Mapping[int, Mapping[str, ArrayLike]],
     label_to_cat_id: Mapping[int, int],
-    image_ids: Optional[Sequence[int]] = None,
+    image_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """COCO box metrics of ``predictions`` against ``coco_gt``.
 

@@ -7,7 +7,11 @@ import torch
 from PIL import Image
 
 from detr_tutorial.data import (
-    VOC_CLASSES, CocoDetection, VOCDataset, build_dataset, find_coco_folder,
+    VOC_CLASSES,
+    CocoDetection,
+    VOCDataset,
+    build_dataset,
+    find_coco_folder,
 )  # fmt: skip
 from detr_tutorial.data.coco import make_label_map
 
@@ -237,5 +241,5 @@ def test_build_dataset_rejects_unknown_names_and_missing_root():
 
 
 def test_build_dataset_shapes_uses_the_normalized_preset():
-    image, target = build_dataset("shapes", "val", num_images=1)[0]
+    image, _target = build_dataset("shapes", "val", num_images=1)[0]
     assert image.shape == (3, 128, 128) and image.min() < 0  # ImageNet-normalized

@@ -11,7 +11,10 @@ from pycocotools.coco import COCO
 
 from detr_tutorial.data.shapes import ShapesDataset
 from detr_tutorial.evaluation import (
-    METRIC_NAMES, CocoEvaluator, evaluate_detections, format_metrics_table,
+    METRIC_NAMES,
+    CocoEvaluator,
+    evaluate_detections,
+    format_metrics_table,
 )  # fmt: skip
 
 

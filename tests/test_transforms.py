@@ -11,7 +11,12 @@ from torchvision.transforms import v2
 from detr_tutorial.data.base import make_raw_target
 from detr_tutorial.data.collate import collate_fn
 from detr_tutorial.data.transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, ToDetrTarget, crop, make_transforms,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomSizeCrop,
+    ToDetrTarget,
+    crop,
+    make_transforms,
 )  # fmt: skip
 
 W, H = 100, 80
@@ -30,7 +35,7 @@ def cxcywh(x1, y1, x2, y2, w, h):
 
 
 def test_to_detr_target_normalizes_boxes_and_records_size():
-    image, target = ToDetrTarget()(*sample())
+    _image, target = ToDetrTarget()(*sample())
     expected = torch.tensor([[0.2, 0.5, 0.2, 0.5], [0.85, 0.25, 0.3, 0.5]])
     torch.testing.assert_close(target["boxes"], expected)
     assert target["size"].tolist() == [80, 100] and target["orig_size"].tolist() == [80, 100]
@@ -154,7 +159,7 @@ def test_normalize_uses_imagenet_statistics():
 
 
 def test_shapes_presets_keep_val_size_and_jitter_train_size():
-    image, target = make_transforms("val", "shapes")(*sample(width=128, height=128))
+    _image, target = make_transforms("val", "shapes")(*sample(width=128, height=128))
     assert target["size"].tolist() == [128, 128]
     sizes = set()
     for seed in range(15):

@@ -8,7 +8,7 @@ all of them. :func:`build_dataset` picks one by name.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 from .base import ConcatDetectionDataset, DetectionDataset
 from .coco import CocoDetection, build_coco, download_coco, find_coco_folder
@@ -19,9 +19,22 @@ from .transforms import RandomSizeCrop, ToDetrTarget, make_transforms
 from .voc import SPLIT_TO_IMAGE_SET, VOC_CLASSES, VOCDataset
 
 __all__ = [
-    "DATASETS", "CocoDetection", "ConcatDetectionDataset", "DetectionDataset", "RandomSizeCrop", "SHAPES_CLASSES",
-    "ShapesConfig", "ShapesDataset", "ToDetrTarget", "VOCDataset", "VOC_CLASSES",
-    "build_dataset", "collate_fn", "download_coco", "find_coco_folder", "make_transforms",
+    "DATASETS",
+    "SHAPES_CLASSES",
+    "VOC_CLASSES",
+    "CocoDetection",
+    "ConcatDetectionDataset",
+    "DetectionDataset",
+    "RandomSizeCrop",
+    "ShapesConfig",
+    "ShapesDataset",
+    "ToDetrTarget",
+    "VOCDataset",
+    "build_dataset",
+    "collate_fn",
+    "download_coco",
+    "find_coco_folder",
+    "make_transforms",
 ]  # fmt: skip
 
 DATASETS = ("shapes", "voc", "coco", "folder")
@@ -31,9 +44,9 @@ DEFAULT_ROOTS = {"voc": Path("data/voc"), "coco": Path("data/coco")}
 def build_dataset(
     name: str,
     split: str,
-    root: Optional[Union[str, Path]] = None,
+    root: str | Path | None = None,
     *,
-    transforms: Union[str, Callable, None] = "default",
+    transforms: str | Callable | None = "default",
     **kwargs: Any,
 ) -> DetectionDataset:
     """Build a detection data set by name.

@@ -11,7 +11,8 @@ code never needs to know which data set it is looking at.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,10 +49,10 @@ class DetectionDataset(Dataset):
             ``None`` gives a float image in ``[0, 1]`` (not normalized) and no augmentation.
     """
 
-    class_names: tuple[str, ...] = ()
-    label_to_cat_id: dict[int, int] = {}
+    class_names: tuple[str, ...]  # one name per label, set by each subclass
+    label_to_cat_id: dict[int, int]  # label -> category id of the COCO ground truth
 
-    def __init__(self, transforms: Optional[Transforms] = None) -> None:
+    def __init__(self, transforms: Transforms | None = None) -> None:
         if transforms is None:
             from .transforms import default_transforms
 
@@ -59,7 +60,7 @@ class DetectionDataset(Dataset):
         if not callable(transforms):
             raise TypeError(f"transforms must be callable or None, got {type(transforms).__name__}")
         self.transforms = transforms
-        self._coco: Optional[COCO] = None
+        self._coco: COCO | None = None
 
     @property
     def num_classes(self) -> int:
@@ -114,13 +115,14 @@ class ConcatDetectionDataset(DetectionDataset):
     used (their raw samples are); ``transforms`` applies to all.
     """
 
-    def __init__(self, datasets: Sequence[DetectionDataset], transforms: Optional[Transforms] = None) -> None:
+    def __init__(self, datasets: Sequence[DetectionDataset], transforms: Transforms | None = None) -> None:
         super().__init__(transforms)
         if not datasets:
             raise ValueError("ConcatDetectionDataset needs at least one data set")
         first = datasets[0]
         for ds in datasets[1:]:
-            if tuple(ds.class_names) != tuple(first.class_names) or ds.label_to_cat_id != first.label_to_cat_id:
+            same_classes = tuple(ds.class_names) == tuple(first.class_names)
+            if not same_classes or ds.label_to_cat_id != first.label_to_cat_id:
                 raise ValueError("data sets to concatenate must have the same classes and category ids")
         self.datasets = list(datasets)
         self.class_names = tuple(first.class_names)

@@ -12,8 +12,9 @@ is logged). The pycocotools ground truth (``dataset.coco``) keeps the json untou
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -37,7 +38,7 @@ NO_CATEGORY = "N/A"
 
 
 def make_label_map(
-    categories: Sequence[Mapping], label_map: Union[None, str, Mapping[int, int]] = None
+    categories: Sequence[Mapping], label_map: None | str | Mapping[int, int] = None
 ) -> tuple[dict[int, int], tuple[str, ...]]:
     """``(category id -> label, class names)`` for a json's ``categories``.
 
@@ -55,7 +56,10 @@ def make_label_map(
         top = max(names, default=0)
         return {cid: cid for cid in names}, tuple(names.get(i, NO_CATEGORY) for i in range(top + 1))
     if isinstance(label_map, str):
-        raise ValueError(f"label_map must be None, 'category_id' or a dict, got {label_map!r}")
+        # a wrong value, not a wrong type
+        raise ValueError(f"label_map must be None, 'category_id' or a dict, got {label_map!r}")  # noqa: TRY004
+    if not isinstance(label_map, Mapping):
+        raise TypeError(f"label_map must be None, 'category_id' or a dict, got {type(label_map).__name__}")
     mapping = {int(k): int(v) for k, v in label_map.items()}
     labels = sorted(mapping.values())
     if labels != list(range(len(labels))):
@@ -83,8 +87,8 @@ class CocoDetection(DetectionDataset):
         self,
         img_folder: PathLike,
         ann_file: PathLike,
-        transforms: Optional[Transforms] = None,
-        label_map: Union[None, str, Mapping[int, int]] = None,
+        transforms: Transforms | None = None,
+        label_map: None | str | Mapping[int, int] = None,
     ) -> None:
         super().__init__(transforms)
         self.img_folder = Path(img_folder)
@@ -188,8 +192,8 @@ def download_coco(root: PathLike, split: str = "val") -> None:
 def build_coco(
     root: PathLike,
     split: str,
-    transforms: Optional[Transforms] = None,
-    label_map: Union[None, str, Mapping[int, int]] = None,
+    transforms: Transforms | None = None,
+    label_map: None | str | Mapping[int, int] = None,
     download: bool = False,
 ) -> CocoDetection:
     """COCO 2017 from ``root`` (``train2017/``, ``val2017/``, ``annotations/``)."""

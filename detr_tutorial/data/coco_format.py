@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 from pycocotools.coco import COCO

@@ -1,7 +1,7 @@
 """Turning a list of ``(image, target)`` samples into a batch for DETR."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -24,7 +24,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -257,9 +256,9 @@ class ShapesDataset(DetectionDataset):
     def __init__(
         self,
         split: str = "train",
-        config: Optional[ShapesConfig] = None,
-        transforms: Optional[Transforms] = None,
-        num_images: Optional[int] = None,
+        config: ShapesConfig | None = None,
+        transforms: Transforms | None = None,
+        num_images: int | None = None,
     ) -> None:
         super().__init__(transforms)
         self.split = _check_split(split)
@@ -271,7 +270,7 @@ class ShapesDataset(DetectionDataset):
         self._len = full if num_images is None else num_images
         self.class_names = CLASSES[: self.config.num_classes]
         self.label_to_cat_id = {label: label + 1 for label in range(len(self.class_names))}
-        self._annotations: Optional[list] = None
+        self._annotations: list | None = None
 
     def __len__(self) -> int:
         return self._len
@@ -317,11 +316,11 @@ class ShapesDataset(DetectionDataset):
             self.label_to_cat_id,
         )
 
-    def write_coco_json(self, path: Union[str, Path]) -> Path:
+    def write_coco_json(self, path: str | Path) -> Path:
         """Write :meth:`to_coco_dict` to ``path``; returns the path."""
         return write_json(self.to_coco_dict(), path)
 
-    def export(self, root: Union[str, Path]) -> Path:
+    def export(self, root: str | Path) -> Path:
         """Write the split as a COCO-format folder: ``root/<split>/*.png`` and
         ``root/annotations/instances_<split>.json`` (readable by ``build_dataset("folder")``)."""
         root = Path(root)

@@ -15,7 +15,8 @@ and a light one for the 128-pixel synthetic shapes.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -121,9 +122,9 @@ def make_transforms(
     split: str,
     dataset: str = "shapes",
     *,
-    scales: Optional[Sequence[int]] = None,
-    max_size: Optional[int] = None,
-    val_size: Optional[int] = None,
+    scales: Sequence[int] | None = None,
+    max_size: int | None = None,
+    val_size: int | None = None,
     crop: bool = True,
     normalize: bool = True,
 ) -> v2.Compose:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -45,7 +44,7 @@ SPLIT_TO_IMAGE_SET = {
 YEARS = tuple(str(y) for y in range(2007, 2013))
 
 
-def parse_voc_xml(path: Union[str, Path]) -> dict:
+def parse_voc_xml(path: str | Path) -> dict:
     """One VOC annotation file -> ``{"width", "height", "boxes" [N,4] xyxy, "names", "difficult"}``."""
     root = ET.parse(path).getroot()
     size = root.find("size")
@@ -84,12 +83,12 @@ class VOCDataset(DetectionDataset):
 
     def __init__(
         self,
-        root: Union[str, Path],
+        root: str | Path,
         year: str = "2007",
         image_set: str = "trainval",
         download: bool = False,
         keep_difficult: bool = False,
-        transforms: Optional[Transforms] = None,
+        transforms: Transforms | None = None,
     ) -> None:
         super().__init__(transforms)
         year = str(year)
@@ -158,7 +157,7 @@ class VOCDataset(DetectionDataset):
             crowd.append(np.zeros_like(ann["difficult"]) if self.keep_difficult else ann["difficult"])
         return build_coco_dict(images, boxes, labels, self.class_names, self.label_to_cat_id, crowd)
 
-    def write_coco_json(self, path: Union[str, Path]) -> Path:
+    def write_coco_json(self, path: str | Path) -> Path:
         """Write :meth:`to_coco_dict` to ``path``; returns the path."""
         return write_json(self.to_coco_dict(), path)
 
