@@ -114,11 +114,14 @@ def _recording(context):
 
 
 @contextlib.contextmanager
-def _until_timeout():
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+def _waiting(problems: list[str]):
+    """Run a wait; a timeout or a rejected promise becomes a listed problem, not the verdict."""
+    from playwright.sync_api import Error as PlaywrightError
 
-    with contextlib.suppress(PlaywrightTimeout):
+    try:
         yield
+    except PlaywrightError as e:  # TimeoutError is a subclass
+        problems.append("while waiting: " + str(e).splitlines()[0])
 
 
 def _is_local(url: str) -> bool:
@@ -135,19 +138,22 @@ def test_page_renders_offline(server, browser, page_info):
 
         has_math = page.locator(".math").count() > 0
         has_widgets = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count() > 0
-        # MathJax and the widget manager render asynchronously after `load`. A wait that times out
+        # MathJax and the widget manager render asynchronously after `load`. A wait that fails
         # is not the verdict: the checks below say what is missing, with the failed requests.
-        with _until_timeout():
+        # Every problem of the page is listed at once: a widget area that stays empty is easier
+        # to fix next to the 404 that caused it.
+        problems: list[str] = []
+        with _waiting(problems):
             if has_math:
                 page.wait_for_function(
                     "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
                     " && MathJax.startup.promise.then(() => true)",
                     timeout=TIMEOUT_MS,
                 )
-        with _until_timeout():
+        with _waiting(problems):
             if has_widgets:
                 page.wait_for_selector(".jupyter-widgets", state="attached", timeout=TIMEOUT_MS)
-        with _until_timeout():
+        with _waiting(problems):
             page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
 
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -172,9 +178,6 @@ def test_page_renders_offline(server, browser, page_info):
             }"""
         )
 
-    # Every problem of the page is listed at once: a widget area that stays empty is easier to
-    # fix next to the 404 that caused it.
-    problems = []
     heading = booktoc.first_heading(page_info)
     if not title.strip():
         problems.append("the <title> is empty")
