@@ -336,7 +336,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m detr_tutorial`` and the ``detr-tutorial`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # training reports its progress through logging; the other commands print only their results
+    verbose = args.command == "train" and not args.quiet
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
     from .engine import NonFiniteLossError
 

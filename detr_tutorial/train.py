@@ -147,8 +147,11 @@ def build_datasets(recipe: Recipe, data_dir: Optional[str] = None) -> tuple[Data
     train_options = {k[len("train_"):]: v for k, v in options.items() if k.startswith("train_")}
     val_options = {k[len("val_"):]: v for k, v in options.items() if k.startswith("val_")}
     common = {k: v for k, v in options.items() if not k.startswith(("train_", "val_"))}
-    train_set = build_dataset(recipe.dataset, "train", root=root, **common, **train_options)
-    val_set = build_dataset(recipe.dataset, "val", root=root, **common, **val_options)
+    try:
+        train_set = build_dataset(recipe.dataset, "train", root=root, **common, **train_options)
+        val_set = build_dataset(recipe.dataset, "val", root=root, **common, **val_options)
+    except TypeError as e:  # an option the data set does not take: a user error, not a bug
+        raise ValueError(f"bad data set option for {recipe.dataset!r}: {e}") from e
     return train_set, val_set
 
 

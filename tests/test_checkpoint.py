@@ -1,0 +1,157 @@
+"""Checkpoints: safe to load, atomic to write, exact to resume, explicit about class heads."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detr_tutorial import checkpoint as ckpt_io
+from detr_tutorial.config import get_config
+from detr_tutorial.models import build_model
+from detr_tutorial.train import train
+from training_helpers import TINY_MODEL, TinyBoxes, tiny_recipe
+
+HELPER = Path(__file__).with_name("training_helpers.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two-step training run of the tiny model on three classes."""
+    out = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    result = train(tiny_recipe(max_steps=2), out, device="cpu", datasets=(TinyBoxes(8), None),
+                   final_eval=False, progress=False)
+    return result
+
+
+def _tiny_model(num_classes: int):
+    return build_model(get_config("detr-tiny", **TINY_MODEL, num_classes=num_classes))
+
+
+def test_training_checkpoint_loads_with_weights_only(trained):
+    state = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    assert state["format"] == ckpt_io.FORMAT
+    assert state["step"] == 2
+    assert state["class_names"] == ["a", "b", "c"]
+    assert state["label_map"] == {0: 1, 1: 2, 2: 3}
+    for key in ("model", "optimizer", "scheduler", "rng", "config", "recipe"):
+        assert key in state
+    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+
+
+def test_final_model_rebuilds_from_its_stored_config(trained):
+    model = ckpt_io.model_from_checkpoint(trained.final_model)
+    state = torch.load(trained.final_model, weights_only=True)
+    assert model.num_classes == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k])
+
+
+def test_other_class_count_is_refused_with_how_to_replace_the_head(trained):
+    model = _tiny_model(num_classes=5)
+    with pytest.raises(ckpt_io.ClassHeadMismatchError) as err:
+        ckpt_io.load_model_weights(model, ckpt_io.load_checkpoint(trained.final_model))
+    message = str(err.value)
+    assert "3 classes" in message and "5" in message
+    assert "model.reset_class_head(5)" in message and "--reset-class-head" in message
+
+
+def test_reset_class_head_loads_everything_but_the_head(trained):
+    model = _tiny_model(num_classes=5)
+    fresh_head = model.class_embed.weight.detach().clone()
+    ckpt_io.load_model_weights(model, ckpt_io.load_checkpoint(trained.final_model), reset_class_head=True)
+    saved = torch.load(trained.final_model, weights_only=True)["model"]
+    assert torch.equal(model.input_proj.weight, saved["input_proj.weight"])
+    assert torch.equal(model.class_embed.weight, fresh_head)
+    assert model.class_embed.out_features == 6
+
+
+def test_unreadable_and_missing_checkpoints_raise_one_line_errors(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ckpt_io.CheckpointError, match="cannot read checkpoint") as err:
+        ckpt_io.load_checkpoint(garbage)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ckpt_io.CheckpointError, match="not found"):
+        ckpt_io.load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    ckpt_io.save_checkpoint({"model": {"w": torch.ones(3)}, "step": 1}, path)
+
+    def crash(src, dst):  # the process dies between writing the temporary file and renaming it
+        raise KeyboardInterrupt("killed during the checkpoint write")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io.save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
+    monkeypatch.undo()
+    state = ckpt_io.load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
+
+
+def test_rng_state_round_trips():
+    state = ckpt_io.capture_rng_state()
+    expected = (random.random(), float(np.random.rand()), torch.rand(3))
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    ckpt_io.restore_rng_state(state)
+    got = (random.random(), float(np.random.rand()), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def _run(out: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(HELPER), str(out), "--steps", "6", "--checkpoint-every", "2", "--dropout", "0.1", *extra]
+    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
+    # dropout is on and the data are augmented: an exact match needs every RNG state restored
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _run(whole)
+    victim = _run(killed, "--hang-at", "5")  # hangs after step 5; the last checkpoint is step 4
+    try:
+        deadline = time.time() + 240
+        while not (killed / "hanging").exists():
+            assert victim.poll() is None, victim.communicate()[1][-3000:]
+            assert time.time() < deadline, "the training subprocess never reached step 5"
+            time.sleep(0.2)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "params.pt").exists()
+    assert ckpt_io.load_checkpoint(killed / "checkpoint.pth")["step"] == 4
+    _finish(reference)
+    _finish(_run(killed, "--resume", str(killed / "checkpoint.pth")))
+
+    a = torch.load(whole / "params.pt", weights_only=True)
+    b = torch.load(killed / "params.pt", weights_only=True)
+    assert a["steps"] == b["steps"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    starts = [r for r in _log_records(killed) if r["kind"] == "start"]
+    assert [r["step"] for r in starts] == [0, 4]  # the resumed run started from the checkpoint
+
+
+def _log_records(run: Path) -> list[dict]:
+    from detr_tutorial.runlog import read_log
+
+    return read_log(run / "log.jsonl")

@@ -1,0 +1,119 @@
+"""``python -m detr_tutorial``: train end to end, evaluate, predict, and one-line errors (exit 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detr_tutorial.data import ShapesConfig, ShapesDataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO_ROOT)}
+TINY = [
+    "--set", "model.hidden_dim=32", "--set", "model.nheads=2", "--set", "model.enc_layers=1",
+    "--set", "model.dec_layers=1", "--set", "model.dim_feedforward=64", "--set", "model.num_queries=8",
+    "--set", "batch_size=4", "--set", "num_workers=0",
+]
+TINY_SHAPES = [*TINY, "--set", "data.train_num_images=8", "--set", "data.val_num_images=8"]
+
+
+def cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "detr_tutorial", *args], env=ENV, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """``train --max-steps 2`` of the default recipe, shrunk to a tiny model and data set."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = cli("train", "--max-steps", "2", "--output-dir", str(out), "--no-progress", *TINY_SHAPES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained shapes-cpu: 2 steps" in proc.stdout
+    assert "mAP@[.5:.95] =" in proc.stdout
+    return out
+
+
+def test_train_runs_end_to_end_and_writes_model_checkpoint_log_and_metrics(run_dir):
+    for name in ("model_final.pth", "checkpoint.pth", "log.jsonl", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    state = torch.load(run_dir / "checkpoint.pth", weights_only=True)
+    assert state["step"] == 2 and state["config"]["hidden_dim"] == 32
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "start"
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2]  # the last step is always logged
+    assert records[-1]["kind"] == "eval" and "AP" in records[-1]["metrics"]
+
+
+def test_eval_reproduces_the_training_metrics_and_writes_json(run_dir, tmp_path):
+    out = tmp_path / "m.json"
+    proc = cli("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "shapes", "--split", "val",
+               "--set", "num_images=8", "--json", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "AP50" in proc.stdout
+    metrics = json.loads(out.read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(trained["AP"], abs=1e-9)
+
+
+def test_predict_draws_boxes_and_saves_images(run_dir, tmp_path):
+    image = tmp_path / "scene.png"
+    ShapesDataset("val", transforms=None, num_images=1).load(0)[0].save(image)
+    proc = cli("predict", "--checkpoint", str(run_dir / "model_final.pth"), str(image),
+               "--out", str(tmp_path / "pred"), "--threshold", "0.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(tmp_path / "pred" / "scene_pred.png") as drawn, Image.open(image) as original:
+        assert drawn.size == original.size
+        assert not np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(original.convert("RGB")))
+    records = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(records[0]["boxes"]) == 8  # threshold 0 keeps every query
+
+
+def test_eval_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    assert_one_line_error(cli("eval", "--checkpoint", str(tmp_path / "nope.pth")), "not found", "nope.pth")
+
+
+def test_eval_of_an_unreadable_checkpoint_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    assert_one_line_error(cli("eval", "--checkpoint", str(bad)), "cannot read checkpoint")
+
+
+def test_missing_data_directory_is_one_line_and_exit_2(tmp_path):
+    assert_one_line_error(cli("train", "--data-dir", str(tmp_path / "no_data")), "not found", "no_data")
+
+
+def test_wrong_class_count_is_one_line_and_exit_2(run_dir, tmp_path):
+    folder = tmp_path / "two_classes"
+    ShapesDataset("val", config=ShapesConfig(num_classes=2, val_size=4)).export(folder)
+    proc = cli("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "folder",
+               "--data-dir", str(folder), "--split", "val")
+    assert_one_line_error(proc, "3 classes", "has 2")
+
+
+def test_fine_tuning_on_other_classes_says_how_to_replace_the_class_head(run_dir, tmp_path):
+    folder = tmp_path / "two_classes"
+    for split in ("train", "val"):
+        ShapesDataset(split, config=ShapesConfig(num_classes=2, train_size=8, val_size=4)).export(folder)
+    args = ["train", "--data-dir", str(folder), "--init-from", str(run_dir / "model_final.pth"),
+            "--max-steps", "1", "--output-dir", str(tmp_path / "ft"), "--no-progress", *TINY]
+    assert_one_line_error(cli(*args), "--reset-class-head", "reset_class_head(2)")
+    proc = cli(*args, "--reset-class-head")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(tmp_path / "ft" / "model_final.pth", weights_only=True)["class_names"] == ["circle", "rectangle"]
