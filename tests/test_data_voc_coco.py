@@ -129,6 +129,13 @@ def test_voc_07_plus_12_concatenates_with_unique_image_ids(voc_root):
     assert len(ds.coco.getAnnIds()) == 4 and len(set(ds.coco.getAnnIds())) == 4
 
 
+def test_concatenation_needs_the_same_classes(voc_root):
+    from detr_tutorial.data import ConcatDetectionDataset, ShapesDataset
+
+    with pytest.raises(ValueError, match="same classes"):
+        ConcatDetectionDataset([VOCDataset(voc_root), ShapesDataset("val", num_images=1)])
+
+
 # ---- COCO format -----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -214,3 +214,20 @@ def test_collate_rejects_empty_batch_and_bad_samples():
         collate_fn([])
     with pytest.raises(TypeError):
         collate_fn([torch.zeros(3, 2, 2)])
+
+
+# ---- how a data set applies transforms ---------------------------------------------------------
+
+def test_dataset_rejects_a_pipeline_without_to_detr_target():
+    from detr_tutorial.data.shapes import ShapesDataset
+
+    ds = ShapesDataset("val", num_images=1, transforms=v2.Compose([v2.ToImage()]))
+    with pytest.raises(TypeError, match="ToDetrTarget"):
+        ds[0]
+
+
+def test_dataset_rejects_transforms_that_are_not_callable():
+    from detr_tutorial.data.shapes import ShapesDataset
+
+    with pytest.raises(TypeError, match="callable"):
+        ShapesDataset("val", num_images=1, transforms="flip")
