@@ -13,7 +13,11 @@
     window.__jupyter_widgets_assets_path__ = dist;
     if (typeof window.require !== "undefined" && window.require.config) {
       window.require.config({
-        paths: { "@jupyter-widgets/html-manager/dist": dist.replace(/\/$/, "") },
+        paths: {
+          "@jupyter-widgets/html-manager/dist": dist.replace(/\/$/, ""),
+          // third-party widget modules known to appear in stored chapter outputs
+          "ipyevents": new URL("ipyevents-stub", here).href,
+        },
       });
     }
   }
