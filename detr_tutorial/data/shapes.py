@@ -1,8 +1,10 @@
 """A synthetic detection data set that needs no download: circles, rectangles and triangles.
 
 Each image is drawn from its own random generator, seeded by ``(split seed, image index)``,
-so image ``i`` of a split is the same pixels and boxes on every machine, in every worker and
-in any access order. Drawing one 128 x 128 image takes about a millisecond (numpy + PIL).
+so image ``i`` of a split is the same pixels and boxes in every run, in every data loader
+worker and in any access order (for given NumPy and Pillow versions: a new release may change
+a random stream or how a shape is rasterized). Drawing one 128 x 128 image takes under a
+millisecond (numpy + PIL; 500 images in 0.4 s on one CPU core).
 
 What makes it a fair little detection problem:
 
