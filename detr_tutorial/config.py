@@ -1,0 +1,173 @@
+"""Model configuration: one dataclass and the named presets.
+
+Field names follow the official DETR command-line options (``hidden_dim``, ``nheads``,
+``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``num_queries``, ``dropout``,
+``position_embedding``, ``dilation``, ``pre_norm``, ``aux_loss``, ``set_cost_*``,
+``*_loss_coef``, ``eos_coef``) so that readers can move between the two code bases.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+__all__ = ["DETRConfig", "PRESETS", "get_config"]
+
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass
+class DETRConfig:
+    """Everything needed to build a DETR model, its matcher and its loss.
+
+    Attributes are grouped as in the paper: backbone, transformer, heads, matching and loss.
+    ``num_classes`` counts real classes only; the class head has ``num_classes + 1`` outputs, the
+    last one being "no object" (∅).
+    """
+
+    num_classes: int = 91
+    class_names: Optional[list[str]] = None
+    # backbone
+    backbone: str = "resnet50"
+    pretrained_backbone: Union[bool, str] = False  # True: torchvision ImageNet weights; str: local file
+    backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained trunks) or "bn" (trunks trained from scratch)
+    train_backbone: bool = True
+    freeze_stem: Optional[bool] = None  # None: freeze conv1+layer1 iff the trunk is pretrained (official)
+    dilation: bool = False  # DC5: dilate the last stage, stride 16 instead of 32
+    backbone_stride: int = 32  # 16 stops the trunk after layer3 (a cheaper stride-16 map)
+    # transformer
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    position_embedding: str = "sine"  # or "learned"
+    # heads
+    num_queries: int = 100
+    aux_loss: bool = True
+    # matching costs (HungarianMatcher) and loss weights (SetCriterion)
+    set_cost_class: float = 1.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    ce_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1
+    focal_loss: bool = False  # sigmoid focal classification (Deformable DETR) instead of softmax CE
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        if self.backbone not in _BACKBONES:
+            raise ValueError(f"backbone must be one of {_BACKBONES}, got {self.backbone!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+            )
+        if self.hidden_dim % self.nheads != 0:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if self.position_embedding not in ("sine", "learned"):
+            raise ValueError(f"position_embedding must be 'sine' or 'learned', got {self.position_embedding!r}")
+        if self.position_embedding == "sine" and self.hidden_dim % 4 != 0:
+            raise ValueError(f"the sine encoding needs hidden_dim divisible by 4, got {self.hidden_dim}")
+        if self.backbone_norm not in ("frozen_bn", "bn"):
+            raise ValueError(f"backbone_norm must be 'frozen_bn' or 'bn', got {self.backbone_norm!r}")
+        if self.backbone_stride not in (16, 32):
+            raise ValueError(f"backbone_stride must be 16 or 32, got {self.backbone_stride}")
+        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError("dilation (DC5) needs resnet50 or resnet101: torchvision's BasicBlock cannot dilate")
+        if self.dilation and self.backbone_stride == 16:
+            raise ValueError("choose either dilation=True (DC5) or backbone_stride=16, not both")
+        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "nheads"):
+            if getattr(self, name) < (0 if name == "enc_layers" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def replace(self, **overrides: Any) -> "DETRConfig":
+        """A copy with some fields changed; unknown names are an error (typos must not pass)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown DETRConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON and ``torch.load(weights_only=True)`` friendly)."""
+        d = dataclasses.asdict(self)
+        if d["class_names"] is not None:
+            d["class_names"] = list(d["class_names"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DETRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown field(s) {unknown}: written by another version?")
+        return cls(**d)
+
+
+_R50 = DETRConfig(
+    num_classes=91,
+    backbone="resnet50",
+    pretrained_backbone=True,
+    hidden_dim=256,
+    nheads=8,
+    enc_layers=6,
+    dec_layers=6,
+    dim_feedforward=2048,
+    dropout=0.1,
+    num_queries=100,
+    pre_norm=False,
+    position_embedding="sine",
+    aux_loss=True,
+)
+
+#: Named configurations. ``detr-r50``/``detr-r101`` (and their DC5 variants) are the paper's models;
+#: ``detr-tiny`` is small enough to train and test on a laptop CPU (it is also the fixed
+#: configuration our benchmarks compare with the official implementation).
+PRESETS: dict[str, DETRConfig] = {
+    "detr-r50": _R50,
+    "detr-r101": _R50.replace(backbone="resnet101"),
+    "detr-r50-dc5": _R50.replace(dilation=True),
+    "detr-r101-dc5": _R50.replace(backbone="resnet101", dilation=True),
+    "detr-tiny": DETRConfig(
+        num_classes=3,
+        backbone="resnet18",
+        pretrained_backbone=False,
+        hidden_dim=128,
+        nheads=8,
+        enc_layers=2,
+        dec_layers=2,
+        dim_feedforward=512,
+        dropout=0.1,
+        num_queries=20,
+    ),
+}
+
+
+def get_config(name_or_cfg: Union[str, DETRConfig], **overrides: Any) -> DETRConfig:
+    """Resolve a preset name (or a config) and apply keyword overrides."""
+    if isinstance(name_or_cfg, DETRConfig):
+        base = name_or_cfg
+    elif isinstance(name_or_cfg, str):
+        if name_or_cfg not in PRESETS:
+            raise ValueError(f"unknown preset {name_or_cfg!r}; choose one of {sorted(PRESETS)}")
+        base = PRESETS[name_or_cfg]
+    else:
+        raise TypeError(f"expected a preset name or a DETRConfig, got {type(name_or_cfg).__name__}")
+    if overrides.get("class_names") is not None and "num_classes" not in overrides:
+        overrides["num_classes"] = len(overrides["class_names"])
+    if "num_classes" in overrides and "class_names" not in overrides and base.class_names is not None:
+        if len(base.class_names) != overrides["num_classes"]:
+            overrides["class_names"] = None
+    return base.replace(**overrides)

@@ -1,0 +1,253 @@
+"""The DETR model, its prediction heads, the post-processor and a ``predict`` helper.
+
+``images -> backbone -> input_proj -> (+ positions) transformer -> class_embed / bbox_embed``.
+Each of the ``num_queries`` decoder outputs becomes one prediction: a class distribution over
+``num_classes + 1`` labels (the last is "no object", ∅) and a box ``(cx, cy, w, h)`` in ``[0, 1]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import box_ops
+from ..config import DETRConfig, get_config
+from ..nested import NestedTensor, to_nested
+from .backbone import Backbone
+from .position_encoding import build_position_encoding
+from .transformer import Transformer
+
+__all__ = ["DETR", "MLP", "PostProcess", "build_model", "predict", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MLP(nn.Module):
+    """A few linear layers with ReLU in between (the box head is a 3-layer MLP)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer (Carion et al., 2020).
+
+    Args:
+        backbone: a :class:`Backbone` (any module returning ``(features, mask)`` with ``num_channels``).
+        position_embedding: module mapping a mask ``[B, h, w]`` to ``[B, d, h, w]``.
+        transformer: a :class:`Transformer` of width ``d``.
+        num_classes: real classes; the class head has one more output for "no object".
+        num_queries: how many predictions per image (an upper bound on objects per image).
+        aux_loss: also return the predictions of every earlier decoder layer.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_embedding: nn.Module,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int,
+        aux_loss: bool = True,
+        config: Optional[DETRConfig] = None,
+    ) -> None:
+        super().__init__()
+        hidden_dim = transformer.d_model
+        self.backbone = backbone
+        self.position_embedding = position_embedding
+        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
+        self.transformer = transformer
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+        self.config = config
+
+    def forward(
+        self, samples: Union[NestedTensor, Tensor, Sequence[Tensor]], return_attention: bool = False
+    ) -> dict[str, Any]:
+        """Predict ``num_queries`` (class, box) pairs per image.
+
+        ``samples``: normalized images as ``[B, 3, H, W]``, a list of ``[3, H, W]`` of any sizes
+        (padded here, padding masked out), or a :class:`NestedTensor`.
+
+        Returns ``pred_logits [B, Q, C+1]``, ``pred_boxes [B, Q, 4]`` (normalized cxcywh),
+        ``aux_outputs`` (one dict per earlier decoder layer, if ``aux_loss``) and, with
+        ``return_attention``, ``enc_attn [L_enc, B, heads, hw, hw]``,
+        ``dec_attn [L_dec, B, heads, Q, hw]`` and ``feature_shape (h, w)``.
+        """
+        nested = to_nested(samples)
+        features, mask = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
+        pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
+        src = self.input_proj(features)  # [B, d, h, w]
+        t = self.transformer(src, mask, self.query_embed.weight, pos, return_attention=return_attention)
+        hs = t["hs"]  # [L_dec, B, Q, d]
+        outputs_class = self.class_embed(hs)  # [L_dec, B, Q, C+1]
+        outputs_coord = self.bbox_embed(hs).sigmoid()  # [L_dec, B, Q, 4]
+        out: dict[str, Any] = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])
+            ]
+        if return_attention:
+            out["enc_attn"] = t["enc_attn"]
+            out["dec_attn"] = t["dec_attn"]
+            out["feature_shape"] = (int(features.shape[-2]), int(features.shape[-1]))
+        return out
+
+    def reset_class_head(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
+        """Replace ``class_embed`` by a fresh head for ``num_classes`` real classes (+ "no object").
+
+        The usual first step of fine-tuning a COCO-trained DETR on another data set: everything
+        else (backbone, transformer, box head, queries) is kept.
+        """
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        old = self.class_embed
+        self.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
+        self.num_classes = num_classes
+        if self.config is not None:
+            self.config = self.config.replace(
+                num_classes=num_classes, class_names=list(class_names) if class_names else None
+            )
+
+
+class PostProcess(nn.Module):
+    """Turn raw outputs into detections in the pixels of the original images.
+
+    For each query: the most likely real class (∅ excluded) and its probability as the score, and
+    the box converted to absolute ``(x1, y1, x2, y2)``. No NMS: each object is predicted by one
+    query, duplicates are what the set loss trains away. ``score_mode="sigmoid"`` is for models
+    trained with the focal loss (independent per-class probabilities, no ∅ output used).
+    """
+
+    def __init__(self, score_mode: str = "softmax") -> None:
+        super().__init__()
+        if score_mode not in ("softmax", "sigmoid"):
+            raise ValueError(f"score_mode must be 'softmax' or 'sigmoid', got {score_mode!r}")
+        self.score_mode = score_mode
+
+    @torch.no_grad()
+    def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """``target_sizes [B, 2]`` holds each original image's ``(h, w)``."""
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        target_sizes = torch.as_tensor(target_sizes, device=boxes.device)
+        if target_sizes.dim() != 2 or target_sizes.shape != (logits.shape[0], 2):
+            raise ValueError(f"target_sizes must be [B, 2] = [{logits.shape[0]}, 2] as (h, w), got {list(target_sizes.shape)}")
+        if self.score_mode == "softmax":
+            prob = logits.softmax(-1)[..., :-1]  # drop the "no object" column
+        else:
+            prob = logits[..., :-1].sigmoid()
+        scores, labels = prob.max(-1)  # [B, Q]
+        img_h, img_w = target_sizes.to(boxes.dtype).unbind(1)
+        scale = torch.stack([img_w, img_h, img_w, img_h], dim=1)  # [B, 4]
+        xyxy = box_ops.box_cxcywh_to_xyxy(boxes) * scale[:, None, :]  # [B, Q, 4] pixels
+        return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
+
+
+def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: Any) -> DETR:
+    """Build a DETR from a preset name (``dt.PRESETS``) or a :class:`DETRConfig`, with overrides.
+
+    >>> model = build_model("detr-tiny", num_classes=5, pretrained_backbone=False)
+    """
+    cfg = get_config(name_or_cfg, **overrides)
+    backbone = Backbone(
+        cfg.backbone,
+        weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
+        norm=cfg.backbone_norm,
+        train_backbone=cfg.train_backbone,
+        freeze_stem=cfg.freeze_stem,
+        dilation=cfg.dilation,
+        stride=cfg.backbone_stride,
+    )
+    transformer = Transformer(
+        d_model=cfg.hidden_dim,
+        nhead=cfg.nheads,
+        num_encoder_layers=cfg.enc_layers,
+        num_decoder_layers=cfg.dec_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        normalize_before=cfg.pre_norm,
+    )
+    position_embedding = build_position_encoding(cfg.position_embedding, cfg.hidden_dim)
+    return DETR(backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, config=cfg)
+
+
+def _to_image_tensor(image: Any) -> Tensor:
+    """PIL image or ``[3, H, W]`` tensor in ``[0, 1]`` (uint8 also accepted) -> float ``[3, H, W]``."""
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"each image must be [3, H, W], got {list(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image.float() / 255.0
+        if not image.is_floating_point():
+            raise TypeError(f"image tensors must be float in [0, 1] or uint8, got {image.dtype}")
+        if image.min() < 0 or image.max() > 1:
+            raise ValueError("float image tensors must hold values in [0, 1] (unnormalized); normalize is done here")
+        return image
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - pillow is a dependency
+        raise TypeError("PIL is needed to read PIL images") from exc
+    if isinstance(image, Image.Image):
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return pil_to_tensor(image.convert("RGB")).float() / 255.0
+    raise TypeError(f"images must be PIL images or [3, H, W] tensors, got {type(image).__name__}")
+
+
+@torch.no_grad()
+def predict(
+    model: DETR,
+    images: Union[Any, Sequence[Any]],
+    threshold: float = 0.7,
+    device: Union[None, str, torch.device] = None,
+) -> list[dict[str, Any]]:
+    """Detect objects in PIL images or ``[3, H, W]`` tensors in ``[0, 1]``.
+
+    Images are normalized here and batched at their own sizes (padding masked). Returns one dict
+    per image with ``boxes`` (xyxy pixels), ``scores``, ``labels``, ``query`` (which query made
+    each detection) and, when the model knows them, ``names``; only scores ``>= threshold`` kept.
+    """
+    single = not isinstance(images, (list, tuple))
+    batch = [_to_image_tensor(im) for im in ([images] if single else images)]
+    if device is None:
+        device = next(model.parameters()).device
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    normalized = [((im - mean) / std).to(device) for im in batch]
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(normalized)
+    finally:
+        model.train(was_training)
+    sizes = torch.tensor([im.shape[-2:] for im in batch], device=device)
+    focal = bool(model.config is not None and model.config.focal_loss)
+    results = PostProcess("sigmoid" if focal else "softmax")(outputs, sizes)
+    names = model.config.class_names if model.config is not None else None
+    detections = []
+    for r in results:
+        keep = r["scores"] >= threshold
+        det: dict[str, Any] = {k: v[keep].cpu() for k, v in r.items()}
+        det["query"] = torch.nonzero(keep).flatten().cpu()
+        if names is not None:
+            det["names"] = [names[int(i)] for i in det["labels"]]
+        detections.append(det)
+    return detections

@@ -1,0 +1,199 @@
+"""Official DETR checkpoints (facebookresearch/detr) in this package's model.
+
+The official code nests the trunk and the position encoding in a ``Joiner`` (``backbone.0`` and
+``backbone.1``) and calls the decoder's cross-attention ``multihead_attn``. Our model names them
+``backbone``, ``position_embedding`` and ``cross_attn``; everything else has the same name and
+layout. Converting is therefore a pure renaming: no tensor is changed, none is dropped, and any
+key that does not fit is reported instead of being ignored.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .models.detr import DETR, build_model
+
+__all__ = [
+    "COCO_CLASSES",
+    "OFFICIAL_URLS",
+    "convert_official_state_dict",
+    "load_official_state_dict",
+    "from_official",
+    "infer_official_preset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Download addresses of the official COCO detection checkpoints (from the official README).
+OFFICIAL_URLS: dict[str, str] = {
+    "detr-r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
+    "detr-r50-dc5": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth",
+    "detr-r101": "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth",
+    "detr-r101-dc5": "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth",
+}
+
+#: The 91 COCO category ids as the official models index them ("N/A": ids unused by COCO 2017).
+COCO_CLASSES: list[str] = [
+    "N/A", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack",
+    "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]  # fmt: skip
+
+# (official pattern, our replacement); applied in order, first match wins
+_RENAMES = [
+    (re.compile(r"^backbone\.0\.body\."), "backbone.body."),
+    (re.compile(r"^backbone\.1\.(row_embed|col_embed)\."), r"position_embedding.\1."),
+    (re.compile(r"^(transformer\.decoder\.layers\.\d+)\.multihead_attn\."), r"\1.cross_attn."),
+    (re.compile(r"^(transformer\.(encoder|decoder)\.|input_proj\.|query_embed\.|class_embed\.|bbox_embed\.)"), r"\1"),
+]
+
+
+def _unwrap(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        return state_dict["model"]
+    return state_dict
+
+
+def convert_official_state_dict(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    """Rename an official DETR state dict (or a checkpoint ``{"model": ...}``) to our key names.
+
+    Raises ``ValueError`` listing every key that belongs to no known part of DETR (for example a
+    segmentation head, or a checkpoint of another model altogether).
+    """
+    sd = _unwrap(state_dict)
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # trainable-BN bookkeeping; frozen BN has none
+        for pattern, repl in _RENAMES:
+            if pattern.search(key):
+                out[pattern.sub(repl, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} key(s) of the checkpoint are not part of a DETR detection model: {unknown[:10]}"
+            + (" ..." if len(unknown) > 10 else "")
+        )
+    return out
+
+
+def infer_official_preset(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Read the architecture off a (official or converted) state dict: preset name and sizes.
+
+    Dilation (DC5) changes no weight, so ``detr-r50`` and ``detr-r50-dc5`` are told apart only by
+    the name the caller gives.
+    """
+    sd = _unwrap(state_dict)
+    sd = {k.replace("backbone.0.body.", "backbone.body."): v for k, v in sd.items()}
+    layer3_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
+    bottleneck = any(".conv3." in k for k in sd if k.startswith("backbone.body.layer1."))
+    depth = {(6, True): "resnet50", (23, True): "resnet101", (6, False): "resnet34", (2, False): "resnet18"}.get(
+        (len(layer3_blocks), bottleneck)
+    )
+    enc = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.encoder\.layers\.(\d+)\.", k))}
+    dec = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.decoder\.layers\.(\d+)\.", k))}
+    info: dict[str, Any] = {
+        "backbone": depth,
+        "num_classes": int(sd["class_embed.weight"].shape[0]) - 1 if "class_embed.weight" in sd else None,
+        "hidden_dim": int(sd["query_embed.weight"].shape[1]) if "query_embed.weight" in sd else None,
+        "num_queries": int(sd["query_embed.weight"].shape[0]) if "query_embed.weight" in sd else None,
+        "enc_layers": len(enc),
+        "dec_layers": len(dec),
+    }
+    if "transformer.encoder.layers.0.linear1.weight" in sd:
+        info["dim_feedforward"] = int(sd["transformer.encoder.layers.0.linear1.weight"].shape[0])
+    elif "transformer.decoder.layers.0.linear1.weight" in sd:
+        info["dim_feedforward"] = int(sd["transformer.decoder.layers.0.linear1.weight"].shape[0])
+    info["position_embedding"] = "learned" if any(k.startswith(("backbone.1.", "position_embedding.")) for k in sd) else "sine"
+    paper = {"hidden_dim": 256, "num_queries": 100, "enc_layers": 6, "dec_layers": 6, "dim_feedforward": 2048}
+    if depth in ("resnet50", "resnet101") and all(info.get(k) == v for k, v in paper.items()):
+        info["preset"] = "detr-r50" if depth == "resnet50" else "detr-r101"
+    else:
+        info["preset"] = None
+    return info
+
+
+def _describe(info: dict[str, Any]) -> str:
+    if info.get("preset"):
+        return f"preset {info['preset']!r} (or its -dc5 variant) with num_classes={info['num_classes']}"
+    keys = ("backbone", "hidden_dim", "enc_layers", "dec_layers", "dim_feedforward", "num_queries", "num_classes", "position_embedding")
+    return "dt.build_model('detr-tiny', " + ", ".join(f"{k}={info.get(k)!r}" for k in keys) + ")"
+
+
+def load_official_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> None:
+    """Load an official DETR state dict into ``model`` (in place), strictly.
+
+    Missing keys, leftover keys and shape mismatches are all errors; the message names the preset
+    (or the ``build_model`` call) whose architecture fits the checkpoint.
+    """
+    converted = convert_official_state_dict(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(converted))
+    unexpected = sorted(set(converted) - set(own))
+    mismatched = sorted(k for k in set(own) & set(converted) if tuple(own[k].shape) != tuple(converted[k].shape))
+    if missing or unexpected or mismatched:
+        info = infer_official_preset(converted)
+        details = []
+        if mismatched:
+            k = mismatched[0]
+            details.append(
+                f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {list(converted[k].shape)} vs model {list(own[k].shape)}"
+            )
+        if missing:
+            details.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} key(s) the model does not have, e.g. {unexpected[:3]}")
+        hint = ""
+        if mismatched == ["class_embed.bias", "class_embed.weight"] and not missing and not unexpected:
+            hint = (
+                f" Only the class head differs: load into a model with num_classes={info['num_classes']}, then call "
+                f"model.reset_class_head(your_num_classes) to fine-tune on your classes."
+            )
+        raise ValueError(
+            "checkpoint does not fit this model: " + "; ".join(details) + f". It fits {_describe(info)}." + hint
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
+
+
+def from_official(
+    name: str = "detr-r50",
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    map_location: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+) -> DETR:
+    """Build ``name`` with the 91 COCO classes and load the official weights.
+
+    With ``checkpoint`` (a local ``.pth``) nothing is downloaded; otherwise the official file is
+    fetched with :func:`torch.hub.load_state_dict_from_url` (cached under ``~/.cache/torch``).
+    The model is returned in eval mode.
+    """
+    if name not in OFFICIAL_URLS:
+        raise ValueError(f"no official checkpoint named {name!r}; choose one of {sorted(OFFICIAL_URLS)}")
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"official checkpoint {os.fspath(checkpoint)!r} not found")
+        state = torch.load(checkpoint, map_location=map_location, weights_only=True)
+    else:
+        state = torch.hub.load_state_dict_from_url(
+            OFFICIAL_URLS[name], map_location=map_location, progress=progress, check_hash=True
+        )
+    model = build_model(name, num_classes=91, class_names=list(COCO_CLASSES), pretrained_backbone=False)
+    load_official_state_dict(model, state)
+    logger.info("loaded official %s weights", name)
+    return model.eval()
