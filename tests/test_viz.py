@@ -172,6 +172,20 @@ def test_clicks_without_ipyevents_raise_an_import_error_saying_what_to_install(m
         viz.EncoderAttentionExplorer(model, image, clicks=True)
 
 
+def test_without_ipyevents_the_explorer_falls_back_to_sliders_by_default(model, image,
+                                                                         monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipyevents", None)
+    explorer = viz.EncoderAttentionExplorer(model, image)
+    assert explorer._events is None
+    assert "pip install ipyevents" in explorer.status
+
+
+def test_clicks_false_attaches_no_event_listener(model, image):
+    assert viz.EncoderAttentionExplorer(model, image, clicks=False)._events is None
+
+
 def test_a_click_beside_the_pictures_gives_a_status_message(model, image):
     explorer = viz.EncoderAttentionExplorer(model, image)
     explorer.handle_click({"dataX": 0.0, "dataY": 0.0})

@@ -116,15 +116,16 @@ class EncoderAttentionExplorer(Explorer):
     ``current_map`` (``[h, w]`` numpy array), ``current_point`` ``(x, y)``, ``current_cell``
     ``(row, col)``; ``status`` holds the message shown under the controls.
 
-    ``clicks=True`` also moves the point to a click on the picture. ipywidgets' ``Image`` has no
-    click events, so this needs the ``ipyevents`` package (``pip install ipyevents``; in Colab
-    also ``google.colab.output.enable_custom_widget_manager()``). It is opt-in because a front
-    end without ipyevents' JavaScript (a static book page, plain Colab) reports a missing widget
-    model; the x/y sliders work everywhere.
+    A click on the picture also moves the point. ipywidgets' ``Image`` has no click events, so
+    this needs the ``ipyevents`` package (``pip install ipyevents``; in Colab also
+    ``google.colab.output.enable_custom_widget_manager()``). ``clicks=None`` (the default) uses
+    it when it is installed, ``True`` insists on it (``ImportError`` otherwise), ``False`` never
+    uses it; the x/y sliders work everywhere.
     """
 
     def __init__(self, model: nn.Module, image: ImageLike,
-                 class_names: Optional[Sequence[str]] = None, clicks: bool = False) -> None:
+                 class_names: Optional[Sequence[str]] = None,
+                 clicks: Optional[bool] = None) -> None:
         super().__init__()
         self.model = model
         self.class_names = class_names
@@ -150,7 +151,8 @@ class EncoderAttentionExplorer(Explorer):
         for control in controls:
             self._observe(control)
         self._assemble(*controls)
-        self._events = self._connect_clicks() if clicks else None
+        wanted = clicks if clicks is not None else optional_ipyevents() is not None
+        self._events = self._connect_clicks() if wanted else None
         self.redraw()
 
     # -- options ----------------------------------------------------------------------------
@@ -204,9 +206,9 @@ class EncoderAttentionExplorer(Explorer):
         self.current_cell = point_to_cell(point, self.inference.image_size,
                                           self.inference.feature_shape)
         h, w = self.inference.feature_shape
-        how = "click the picture or move x and y" if self._click_enabled else "move x and y"
-        self._set_status(f"feature map {h}x{w}; the point's cell is {self.current_cell}; "
-                         f"{how} to pick another point")
+        how = ("click the picture or move x and y to pick another point" if self._click_enabled
+               else "move x and y to pick another point (pip install ipyevents to click instead)")
+        self._set_status(f"feature map {h}x{w}; the point's cell is {self.current_cell}; {how}")
         return fig
 
     # -- clicks -----------------------------------------------------------------------------
@@ -218,7 +220,7 @@ class EncoderAttentionExplorer(Explorer):
         ipyevents = optional_ipyevents()
         if ipyevents is None:
             raise ImportError("picking the point by clicking needs ipyevents: pip install "
-                              "ipyevents (or use clicks=False and the x/y sliders)")
+                              "ipyevents (or pass clicks=False and use the x/y sliders)")
         events = ipyevents.Event(source=self.image_widget, watched_events=["click"])
         events.on_dom_event(self.handle_click)
         return events
