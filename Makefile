@@ -33,12 +33,13 @@ SCREENSHOTS := test-artifacts/screenshots
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 NOTEBOOKS    = $(wildcard book/en/*.ipynb book/ko/*.ipynb)
 
-.PHONY: help venv install system-deps book book-build test test-unit test-notebooks test-book clean
+.PHONY: help venv install system-deps book book-build execute test test-unit test-notebooks test-book clean
 
 help:
 	@echo "make book    build the book into $(HTML_DIR) (open $(HTML_DIR)/index.html)"
 	@echo "make test    unit tests, notebooks (nbval), book build, browser checks"
 	@echo "make install create/update .venv and the system packages the tests need"
+	@echo "make execute run the chapter notebooks and store their outputs (NB=path for one)"
 	@echo "make clean   remove build outputs and test artifacts (keeps .venv)"
 
 venv install: $(STAMP) system-deps
@@ -68,6 +69,15 @@ book: install book-build
 	@echo
 	@echo "The book is in $(HTML_DIR). Open $(CURDIR)/$(HTML_DIR)/index.html in a browser,"
 	@echo "or serve it: $(PY) -m http.server --bind 127.0.0.1 --directory $(HTML_DIR) 8000"
+
+# Chapters are stored executed (the book renders stored outputs). This runs them top to bottom in
+# the project's kernel and saves the outputs, widget state included: `make execute` for all,
+# `make execute NB=book/en/01_backbone.ipynb` for one.
+execute: install
+	@for nb in $(or $(NB),$(NOTEBOOKS)); do \
+	  echo ">> executing $$nb"; \
+	  $(VENV)/bin/jupyter execute --inplace --kernel_name=python3 "$$nb"; \
+	done
 
 test-unit:
 	$(PYTEST) tests -m "not book"
