@@ -75,6 +75,30 @@ def test_code_cells_are_identical_in_both_languages(name):
     assert not differing, f"these code cells differ (the n-th code cell, counting code cells only): {differing}"
 
 
+def _text_outputs(cell: dict) -> list[str]:
+    """The text a cell printed or returned (what nbval compares), without images or widgets."""
+    texts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            texts.append(f"{out.get('name')}: {booktoc.cell_source({'source': out.get('text', '')})}")
+        elif "text/plain" in out.get("data", {}):
+            texts.append(booktoc.cell_source({"source": out["data"]["text/plain"]}))
+    return texts
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_checked_outputs_are_identical_in_both_languages(name):
+    """Cells nbval checks are deterministic and the code is the same, so their stored text must be
+    too: a difference means one edition was re-executed after a change and the other was not."""
+    def checked(path):
+        nb = booktoc.read_notebook(path)
+        return [_text_outputs(c) for _, c in _code_cells(nb) if CHECK_MARK in booktoc.cell_source(c)]
+
+    en, ko = checked(EN[name]), checked(KO[name])
+    differing = [i for i, (a, b) in enumerate(zip(en, ko), start=1) if a != b]
+    assert not differing, f"stored outputs differ in these `{CHECK_MARK}` cells (counting marked cells): {differing}"
+
+
 # --- each notebook ---------------------------------------------------------------------------
 
 
