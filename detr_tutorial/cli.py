@@ -246,11 +246,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """Official checkpoint -> our format. The architecture is read off the weights (``nheads`` and
+    ``dilation`` leave no trace in them: pass ``--name`` for a paper model or ``--set nheads=N``)."""
+    import torch
+
     from . import checkpoint as ckpt_io
-    from .pretrained import from_official
+    from .models import build_model
+    from .pretrained import from_official, infer_official_preset, load_official_state_dict
 
     src = _existing_file(args.official, "official checkpoint")
-    model = from_official(args.name, checkpoint=str(src), map_location="cpu")
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"cannot read checkpoint {src}: {_one_line(e)}") from e
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.removeprefix("model.")] = _parse_value(v)
+    name = args.name
+    if name is None and not overrides:
+        name = infer_official_preset(state).get("preset")
+    if name is not None and not overrides:
+        model = from_official(name, checkpoint=str(src), map_location="cpu")
+    else:
+        info = infer_official_preset(state)
+        arch = {k: info[k] for k in ("backbone", "num_classes", "hidden_dim", "num_queries", "enc_layers",
+                                      "dec_layers", "dim_feedforward", "position_embedding") if info.get(k) is not None}
+        model = build_model(name or "detr-tiny", **{**arch, "pretrained_backbone": False, **overrides})
+        load_official_state_dict(model, state)
     cfg = model.config
     ckpt_io.save_checkpoint(
         {
@@ -264,7 +289,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.out,
     )
     n = sum(p.numel() for p in model.parameters())
-    print(f"converted {src} ({args.name}, {n:,} parameters) -> {args.out}")
+    print(f"converted {src} ({n:,} parameters) -> {args.out}")
     return 0
 
 
@@ -322,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="official DETR checkpoint -> this package's format")
     c.add_argument("--official", required=True, help="a checkpoint of facebookresearch/detr")
     c.add_argument("--out", required=True)
-    c.add_argument("--name", default="detr-r50", help="preset the checkpoint was trained as (detr-r50, ...)")
+    c.add_argument("--name", help="the official model (detr-r50, detr-r50-dc5, ...); default: read off the weights")
+    c.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="config fields the weights do not show (nheads=4, dilation=true, ...); repeatable")
     c.set_defaults(func=cmd_convert)
     return parser
 
