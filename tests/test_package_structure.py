@@ -1,0 +1,77 @@
+"""The package keeps the design's promises: imports point downwards, no prints, a stable API."""
+import ast
+from pathlib import Path
+
+import pytest
+
+import detr_tutorial as dt
+
+PACKAGE = Path(dt.__file__).resolve().parent
+
+# DESIGN.md section 5: what each part may never import (relative to the package)
+FORBIDDEN = {
+    "models": ("data", "engine", "train", "viz", "cli", "evaluation", "matcher", "criterion", "checkpoint", "recipes"),
+    "matcher": ("models", "data", "engine", "train", "viz", "cli"),
+    "criterion": ("models", "data", "engine", "train", "viz", "cli"),
+    "data": ("models", "engine", "train", "viz", "cli", "matcher", "criterion"),
+    "engine": ("viz", "cli"),
+    "box_ops": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config", "nested"),
+    "nested": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config"),
+    "config": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "nested"),
+}
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imported_parts(path: Path) -> set[str]:
+    """Package parts a module imports (resolving relative imports)."""
+    tree = ast.parse(path.read_text())
+    rel = path.relative_to(PACKAGE)
+    package_parts = list(rel.parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - (node.level - 1)] if node.level > 1 else package_parts
+                target = base + (node.module.split(".") if node.module else [])
+                if target:
+                    found.add(target[0])
+                else:  # "from . import x"
+                    found.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("detr_tutorial."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("detr_tutorial."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_downwards(path):
+    part = _part(path)
+    bad = _imported_parts(path) & set(FORBIDDEN.get(part, ()))
+    assert not bad, f"{path.relative_to(PACKAGE)} ({part}) imports {sorted(bad)}, against DESIGN.md section 5"
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if _part(p) not in ("cli", "__main__")], ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_library_code_does_not_print(path):
+    tree = ast.parse(path.read_text())
+    prints = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+    assert not prints, f"print() at lines {prints}: use logging (or tqdm for progress)"
+
+
+def test_public_api_of_the_design_is_exported():
+    for name in (
+        "PRESETS", "build_model", "HungarianMatcher", "SetCriterion", "PostProcess",
+        "load_official_state_dict", "box_ops", "predict", "NestedTensor",
+    ):
+        assert hasattr(dt, name), name
+    assert {"detr-r50", "detr-r101", "detr-tiny"} <= set(dt.PRESETS)
