@@ -6,6 +6,7 @@ Book tests: ``tests/tools/booktoc.py`` (importable as ``booktoc``) says which pa
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,11 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def html_dir() -> Path:
-    """The built book. Missing means the build step did not run: a failure, never a skip."""
-    path = REPO_ROOT / "_build" / "html"
+    """The built book. Missing means the build step did not run: a failure, never a skip.
+
+    ``BOOK_HTML_DIR`` points the tests at another build (e.g. ``jupyter-book build --path-output``).
+    """
+    path = Path(os.environ.get("BOOK_HTML_DIR", REPO_ROOT / "_build" / "html"))
     if not (path / "index.html").is_file():
         pytest.fail(f"{path} has no index.html: build the book first (`make book`, or run `make test`)")
     return path
