@@ -42,6 +42,7 @@ __all__ = [
     "load_model_weights",
     "model_from_checkpoint",
     "unwrap_model",
+    "export_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,3 +253,25 @@ def model_from_checkpoint(
     model = build_model(cfg)
     load_model_weights(model, ckpt, source=source)
     return model
+
+
+def export_model(
+    src: Union[PathLike, Mapping[str, Any]],
+    dst: PathLike,
+    half: bool = True,
+    keep: tuple[str, ...] = ("format", "config", "class_names", "label_map", "step", "recipe", "metrics"),
+) -> Path:
+    """Write a small inference checkpoint: the weights (float16 if ``half``) and the metadata.
+
+    Optimizer, scheduler and RNG states are dropped. Loading converts the weights back to the
+    model's float32 (``load_state_dict`` copies across dtypes), so a float16 file halves the size
+    at the cost of rounding each weight to 11 significant bits.
+    """
+    ckpt = load_checkpoint(src) if not isinstance(src, Mapping) else src
+    weights = {
+        k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()
+    }
+    out: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
+    out["model"] = weights
+    out.setdefault("format", FORMAT)
+    return save_checkpoint(out, dst)

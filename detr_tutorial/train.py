@@ -275,7 +275,16 @@ def train(
 
     # -- model, loss, optimizer --------------------------------------------------------------
     cfg = get_config(recipe.model, **{**recipe.model_overrides, "num_classes": len(class_names), "class_names": class_names})
-    model = build_model(cfg)
+    try:
+        model = build_model(cfg)
+    except OSError as e:  # torchvision could not download the ImageNet trunk (offline?)
+        if not cfg.pretrained_backbone:
+            raise
+        raise ValueError(
+            f"could not load the pretrained {cfg.backbone} trunk ({e}); offline, train from scratch with "
+            f"--set model.pretrained_backbone=false or point to a local file with "
+            f"--set model.pretrained_backbone=/path/to/{cfg.backbone}.pth"
+        ) from e
     if init_from is not None and resume is None:
         ckpt_io.load_model_weights(
             model, ckpt_io.load_checkpoint(init_from), reset_class_head=reset_class_head, source=f"checkpoint {init_from}"

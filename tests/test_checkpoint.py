@@ -155,3 +155,15 @@ def _log_records(run: Path) -> list[dict]:
     from detr_tutorial.runlog import read_log
 
     return read_log(run / "log.jsonl")
+
+
+def test_exported_half_precision_model_is_smaller_and_rebuilds(trained, tmp_path):
+    small = ckpt_io.export_model(trained.final_model, tmp_path / "small.pth", half=True)
+    assert small.stat().st_size < 0.6 * trained.final_model.stat().st_size
+    state = torch.load(small, weights_only=True)
+    assert "optimizer" not in state and state["class_names"] == ["a", "b", "c"]
+    model = ckpt_io.model_from_checkpoint(small)
+    full = torch.load(trained.final_model, weights_only=True)["model"]
+    for k, v in model.state_dict().items():
+        assert v.dtype == full[k].dtype
+        torch.testing.assert_close(v, full[k], atol=1e-2, rtol=1e-3)  # float16 rounding

@@ -27,7 +27,28 @@ def cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+class Result:
+    """What a command did: exit status and its output streams (like ``CompletedProcess``)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run(capsys):
+    """Run the command line in this process (``cli.main``): same code, no interpreter start-up."""
+    from detr_tutorial.cli import main
+
+    def _run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return _run
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -58,9 +79,9 @@ def test_train_runs_end_to_end_and_writes_model_checkpoint_log_and_metrics(run_d
     assert records[-1]["kind"] == "eval" and "AP" in records[-1]["metrics"]
 
 
-def test_eval_reproduces_the_training_metrics_and_writes_json(run_dir, tmp_path):
+def test_eval_reproduces_the_training_metrics_and_writes_json(run_dir, tmp_path, run):
     out = tmp_path / "m.json"
-    proc = cli("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "shapes", "--split", "val",
+    proc = run("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "shapes", "--split", "val",
                "--set", "num_images=8", "--json", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AP50" in proc.stdout
@@ -69,10 +90,10 @@ def test_eval_reproduces_the_training_metrics_and_writes_json(run_dir, tmp_path)
     assert metrics["AP"] == pytest.approx(trained["AP"], abs=1e-9)
 
 
-def test_predict_draws_boxes_and_saves_images(run_dir, tmp_path):
+def test_predict_draws_boxes_and_saves_images(run_dir, tmp_path, run):
     image = tmp_path / "scene.png"
     ShapesDataset("val", transforms=None, num_images=1).load(0)[0].save(image)
-    proc = cli("predict", "--checkpoint", str(run_dir / "model_final.pth"), str(image),
+    proc = run("predict", "--checkpoint", str(run_dir / "model_final.pth"), str(image),
                "--out", str(tmp_path / "pred"), "--threshold", "0.0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     import numpy as np
@@ -89,32 +110,32 @@ def test_eval_of_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(cli("eval", "--checkpoint", str(tmp_path / "nope.pth")), "not found", "nope.pth")
 
 
-def test_eval_of_an_unreadable_checkpoint_is_one_line_and_exit_2(tmp_path):
+def test_eval_of_an_unreadable_checkpoint_is_one_line_and_exit_2(tmp_path, run):
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    assert_one_line_error(cli("eval", "--checkpoint", str(bad)), "cannot read checkpoint")
+    assert_one_line_error(run("eval", "--checkpoint", str(bad)), "cannot read checkpoint")
 
 
-def test_missing_data_directory_is_one_line_and_exit_2(tmp_path):
-    assert_one_line_error(cli("train", "--data-dir", str(tmp_path / "no_data")), "not found", "no_data")
+def test_missing_data_directory_is_one_line_and_exit_2(tmp_path, run):
+    assert_one_line_error(run("train", "--data-dir", str(tmp_path / "no_data")), "not found", "no_data")
 
 
-def test_wrong_class_count_is_one_line_and_exit_2(run_dir, tmp_path):
+def test_wrong_class_count_is_one_line_and_exit_2(run_dir, tmp_path, run):
     folder = tmp_path / "two_classes"
     ShapesDataset("val", config=ShapesConfig(num_classes=2, val_size=4)).export(folder)
-    proc = cli("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "folder",
+    proc = run("eval", "--checkpoint", str(run_dir / "model_final.pth"), "--dataset", "folder",
                "--data-dir", str(folder), "--split", "val")
     assert_one_line_error(proc, "3 classes", "has 2")
 
 
-def test_fine_tuning_on_other_classes_says_how_to_replace_the_class_head(run_dir, tmp_path):
+def test_fine_tuning_on_other_classes_says_how_to_replace_the_class_head(run_dir, tmp_path, run):
     folder = tmp_path / "two_classes"
     for split in ("train", "val"):
         ShapesDataset(split, config=ShapesConfig(num_classes=2, train_size=8, val_size=4)).export(folder)
     args = ["train", "--data-dir", str(folder), "--init-from", str(run_dir / "model_final.pth"),
             "--max-steps", "1", "--output-dir", str(tmp_path / "ft"), "--no-progress", *TINY]
-    assert_one_line_error(cli(*args), "--reset-class-head", "reset_class_head(2)")
-    proc = cli(*args, "--reset-class-head")
+    assert_one_line_error(run(*args), "--reset-class-head", "reset_class_head(2)")
+    proc = run(*args, "--reset-class-head")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(tmp_path / "ft" / "model_final.pth", weights_only=True)["class_names"] == ["circle", "rectangle"]
 
@@ -122,10 +143,10 @@ def test_fine_tuning_on_other_classes_says_how_to_replace_the_class_head(run_dir
 REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 
 
-def test_convert_reads_an_official_checkpoint_and_reproduces_its_outputs(tmp_path):
+def test_convert_reads_an_official_checkpoint_and_reproduces_its_outputs(tmp_path, run):
     # the official code's model (ResNet-18, hidden 64, 4 heads) and its outputs on two images
     out = tmp_path / "ours.pth"
-    proc = cli("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(out), "--set", "nheads=4")
+    proc = run("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(out), "--set", "nheads=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from detr_tutorial.checkpoint import model_from_checkpoint
 
@@ -137,8 +158,8 @@ def test_convert_reads_an_official_checkpoint_and_reproduces_its_outputs(tmp_pat
     torch.testing.assert_close(got["pred_boxes"], io["outputs"]["pred_boxes"], atol=1e-4, rtol=1e-4)
 
 
-def test_convert_of_a_checkpoint_that_does_not_fit_the_named_model_is_one_line_and_exit_2(tmp_path):
-    proc = cli("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(tmp_path / "x.pth"),
+def test_convert_of_a_checkpoint_that_does_not_fit_the_named_model_is_one_line_and_exit_2(tmp_path, run):
+    proc = run("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(tmp_path / "x.pth"),
                "--name", "detr-r50")
     assert_one_line_error(proc, "does not fit")
     assert not (tmp_path / "x.pth").exists()
