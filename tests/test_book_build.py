@@ -60,3 +60,23 @@ def test_notebook_pages_have_a_colab_button_for_their_own_notebook(html_dir, pag
     owner_repo = repo["url"].rstrip("/").removeprefix("https://github.com/")
     expected = f"colab.research.google.com/github/{owner_repo}/blob/{repo['branch']}/{page.docname}.ipynb"
     assert expected in page.html_path(html_dir).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.slug for p in PAGES])
+def test_no_markdown_emphasis_left_unrendered(html_dir, page):
+    """``**bold**`` or ``*italic*`` that Markdown did not render shows its asterisks to the reader.
+
+    The usual cause in Korean: CommonMark closes ``**`` (or ``*``) only when it is not squeezed
+    between punctuation and a letter, so ``**메모리(memory)**라고`` stays literal, while
+    ``**메모리**(memory)라고`` works. Code, math and scripts are not prose and are left out; an
+    asterisk that belongs in prose can go in code (`` `*` ``).
+    """
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(page.html_path(html_dir).read_text(encoding="utf-8"), "html.parser")
+    article = soup.find("article") or soup
+    for tag in article.select("pre, code, script, style, .math, .highlight, .output"):
+        tag.decompose()
+    text = " ".join(article.get_text(" ").split())
+    literal = re.findall(r"\*{1,2}[^*]{0,80}?\*{1,2}\S{0,3}|\*", text)
+    assert not literal, f"{page.source}: Markdown left these unrendered (see the docstring): {literal}"
