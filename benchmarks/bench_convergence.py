@@ -8,6 +8,9 @@ Trains with periodic evaluation (``--eval-every`` steps on the first ``--eval-im
 images; the last row is always the whole validation split), prints a table of step, training
 minutes (evaluation excluded), AP and AP50, and writes it to the ``convergence: LABEL`` section of
 ``RESULTS.md``. The whole run (log, checkpoints) stays in ``--output-dir``.
+
+``--from-run DIR`` writes the table of a run that already happened (e.g. the shipped model's
+``python -m detr_tutorial train`` run) from its ``log.jsonl``, without training again.
 """
 from __future__ import annotations
 
@@ -33,7 +36,10 @@ def main() -> None:
     p.add_argument("--output-dir", help="default: runs/bench-LABEL")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    p.add_argument("--from-run", metavar="DIR", help="tabulate an existing run's log.jsonl instead of training")
     a = p.parse_args()
+    if a.from_run:
+        return from_run(Path(a.from_run), a.label, a.no_write)
 
     import torch
 
@@ -56,15 +62,7 @@ def main() -> None:
     result = train(recipe, out, max_steps=a.max_steps, progress=True)
     wall = (time.perf_counter() - t0) / 60
     records = read_log(result.log)
-    evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
-    train_recs = {r["step"]: r for r in records if r.get("kind") == "train"}
-    rows = []
-    for step in sorted(evals):
-        r = evals[step]
-        m = r["metrics"]
-        n_img = "all" if step == result.steps else str(recipe.eval_max_images or "all")
-        loss = train_recs.get(step, {}).get("loss", float("nan"))
-        rows.append([step, round(r["train_minutes"], 2), n_img, round(m["AP"], 4), round(m["AP50"], 4), round(loss, 3)])
+    rows = _rows(records, result.steps, recipe.eval_max_images)
     table = markdown_table(["step", "train min", "val images", "AP", "AP50", "train loss"], rows)
     print(table)
     print(f"{result.steps} steps, {result.minutes:.1f} training minutes, {wall:.1f} wall minutes; final AP {result.metrics.get('AP')}")
@@ -86,6 +84,52 @@ def main() -> None:
         f"Machine at end: {machine_info()}.",
     ])
     update_section(f"convergence: {label}", body)
+
+
+def _rows(records: list[dict], last_step: int, eval_images: object) -> list[list[object]]:
+    evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
+    train_recs = {r["step"]: r for r in records if r.get("kind") == "train"}
+    rows = []
+    for step in sorted(evals):
+        m = evals[step]["metrics"]
+        n_img = "all" if step == last_step else str(eval_images or "all")
+        loss = train_recs.get(step, {}).get("loss", float("nan"))
+        rows.append([step, round(evals[step]["train_minutes"], 2), n_img, round(m["AP"], 4), round(m["AP50"], 4),
+                     round(loss, 3) if isinstance(loss, float) else loss])
+    return rows
+
+
+def from_run(run: Path, label: str | None, no_write: bool) -> None:
+    """The convergence table of a finished run, from its log."""
+    from detr_tutorial.runlog import read_log
+
+    records = read_log(run / "log.jsonl")
+    starts = [r for r in records if r.get("kind") == "start"]
+    ends = [r for r in records if r.get("kind") == "end"]
+    if not starts or not ends:
+        raise SystemExit(f"{run}/log.jsonl has no finished run (start and end records)")
+    recipe, end = starts[0]["recipe"], ends[-1]
+    label = label or recipe["name"]
+    rows = _rows(records, end["step"], recipe.get("eval_max_images"))
+    table = markdown_table(["step", "train min", "val images", "AP", "AP50", "train loss"], rows)
+    print(table)
+    if no_write:
+        return
+    resumed = len(starts) > 1
+    update_section(f"convergence: {label}", "\n".join([
+        f"### Convergence: {label}",
+        "",
+        f"From the log of `{run}` (`{command_line()}`, commit {git_commit()}): recipe `{recipe['name']}`, "
+        f"batch {recipe['batch_size']}, lr {recipe['lr']}, backbone lr {recipe['lr_backbone']}, "
+        f"schedule {recipe['schedule']} (warm-up {recipe['warmup_steps']}), {end['step']} steps"
+        + (" (resumed at least once)" if resumed else "") + ".",
+        "",
+        table,
+        "",
+        f"Training time {end['train_minutes']:.1f} min (evaluation excluded), wall {end['wall_minutes']:.1f} min "
+        f"(of the last start). Device: {starts[-1].get('device')}, processes: {starts[-1].get('world_size')}.",
+        f"Tabulated on: {machine_info()}.",
+    ]))
 
 
 if __name__ == "__main__":
