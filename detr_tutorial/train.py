@@ -333,7 +333,8 @@ def train(
     run_seconds = [0.0]  # training time only (not evaluation or checkpoints)
     if main:
         log.log({"kind": "start", "step": step, "recipe": recipe.to_dict(), "config": cfg.to_dict(),
-                 "total_steps": total_steps, "world_size": dist_info.world_size, "device": str(dev)})
+                 "total_steps": total_steps, "world_size": dist_info.world_size, "device": str(dev),
+                 "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
 
     def save(path: Path, final_metrics: Optional[dict] = None) -> None:
         rng_states = all_gather_object(ckpt_io.capture_rng_state())

@@ -13,7 +13,8 @@ import torch
 from detr_tutorial.data import ShapesConfig, ShapesDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO_ROOT)}
+ENV = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+ENV.update({"OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO_ROOT)})
 TINY = [
     "--set", "model.hidden_dim=32", "--set", "model.nheads=2", "--set", "model.enc_layers=1",
     "--set", "model.dec_layers=1", "--set", "model.dim_feedforward=64", "--set", "model.num_queries=8",
@@ -75,6 +76,8 @@ def test_train_runs_end_to_end_and_writes_model_checkpoint_log_and_metrics(run_d
     assert state["step"] == 2 and state["config"]["hidden_dim"] == 32
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "start"
+    # started without OMP_WAIT_POLICY: train re-executed itself with passive OpenMP waiting
+    assert records[0]["omp_wait_policy"] == "PASSIVE"
     assert [r["step"] for r in records if r["kind"] == "train"] == [2]  # the last step is always logged
     assert records[-1]["kind"] == "eval" and "AP" in records[-1]["metrics"]
 
