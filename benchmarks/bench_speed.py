@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of the measuring processes (default PASSIVE, as `train` uses)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
@@ -129,11 +132,14 @@ def main() -> None:
         print("RESULT " + json.dumps(_measure(a.child, a.steps, a.threads, a.device)))
         return
     machine = machine_info()
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if a.wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = a.wait_policy
     rows, results = [], []
     for name in a.only or list(CONFIGS):
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(a.steps),
                                "--threads", str(a.threads), "--device", a.device],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"{name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -157,7 +163,7 @@ def main() -> None:
         "### Throughput and memory",
         "",
         f"`{command_line()}` (commit {git_commit()}), {a.steps} timed steps after 2 warm-up steps, "
-        f"{a.threads} threads, device {a.device}, 128x128 shapes images.",
+        f"{a.threads} threads, OMP_WAIT_POLICY {a.wait_policy}, device {a.device}, 128x128 shapes images.",
         "",
         table,
         "",
