@@ -27,10 +27,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def trained(tmp_path_factory):
     """A two-step training run of the tiny model on three classes."""
     out = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
-    result = train(tiny_recipe(max_steps=2), out, device="cpu", datasets=(TinyBoxes(8), None),
-                   final_eval=False, progress=False)
-    return result
+    return train(tiny_recipe(max_steps=2), out, device="cpu", datasets=(TinyBoxes(8), None),
+                 final_eval=False, progress=False)
 
 
 def _tiny_model(num_classes: int):
