@@ -170,17 +170,24 @@ class SetCriterion(nn.Module):
                 f"num_classes + 1 = {self.num_classes + 1}"
             )
         main = {k: v for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        indices = self.matcher(main, targets)
+        indices = self._match(main, targets)
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
         losses: dict[str, Tensor] = {}
         for name in self.losses:
             losses.update(self._group(name, main, targets, indices, num_boxes, log=True))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_indices = self.matcher(aux, targets)
+            check_outputs(aux)
+            aux_indices = self._match(aux, targets)
             for name in self.losses:
                 terms = self._group(name, aux, targets, aux_indices, num_boxes, log=False)
                 losses.update({f"{k}_{i}": v for k, v in terms.items()})
         return losses
+
+    def _match(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> list:
+        # targets were validated once in forward(); our matcher need not do it again per layer
+        if isinstance(self.matcher, HungarianMatcher):
+            return self.matcher(outputs, targets, check=False)
+        return self.matcher(outputs, targets)
 
     def weight_for(self, key: str) -> float:
         """The weight of a term; ``loss_ce_3`` falls back to ``loss_ce``; metrics weigh 0."""

@@ -93,11 +93,14 @@ class HungarianMatcher(nn.Module):
         self.focal_gamma = focal_gamma
 
     @torch.no_grad()
-    def _batched_terms(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def _batched_terms(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], check: bool = True
+    ) -> dict[str, Tensor]:
         """Unweighted cost terms for all predictions against all targets of the batch: ``[B*Q, sum N]``."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        check_outputs(outputs)
-        check_targets(targets, logits.shape[0], logits.shape[-1] - 1)
+        if check:
+            check_outputs(outputs)
+            check_targets(targets, logits.shape[0], logits.shape[-1] - 1)
         out_bbox = boxes.flatten(0, 1).float()  # [B*Q, 4]
         tgt_ids = torch.cat([t["labels"] for t in targets]).to(logits.device)
         tgt_bbox = torch.cat([t["boxes"] for t in targets]).to(out_bbox)
@@ -126,21 +129,26 @@ class HungarianMatcher(nn.Module):
         split = {k: self._split(v, outputs, targets) for k, v in terms.items()}
         return [{k: split[k][i] for k in split} for i in range(len(targets))]
 
-    def cost_matrices(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> list[Tensor]:
+    def cost_matrices(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], check: bool = True
+    ) -> list[Tensor]:
         """Per image, the weighted cost matrix ``C [Q, N_i]`` that the assignment minimizes."""
-        t = self._batched_terms(outputs, targets)
+        t = self._batched_terms(outputs, targets, check)
         total = self.cost_bbox * t["bbox"] + self.cost_class * t["class"] + self.cost_giou * t["giou"]
         return self._split(total, outputs, targets)
 
     @torch.no_grad()
-    def forward(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], check: bool = True
+    ) -> list[tuple[Tensor, Tensor]]:
         """Return, per image, ``(pred_idx, tgt_idx)`` int64 tensors of length ``min(Q, N_i)``.
 
         ``pred_idx`` is sorted increasingly (scipy's order); ``tgt_idx[k]`` is the target matched to
-        prediction ``pred_idx[k]``. Images without targets give two empty tensors.
+        prediction ``pred_idx[k]``. Images without targets give two empty tensors. ``check=False``
+        skips validating the inputs (for callers that already did, like :class:`SetCriterion`).
         """
         indices = []
-        for c in self.cost_matrices(outputs, targets):
+        for c in self.cost_matrices(outputs, targets, check):
             if c.shape[1] == 0:
                 indices.append((torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)))
                 continue
