@@ -15,6 +15,31 @@ from .pretrained import COCO_CLASSES, convert_official_state_dict, from_official
 
 __version__ = "0.1.0"
 
+# Training, checkpoints and evaluation import the data sets and pycocotools: they load on first use,
+# so that `import detr_tutorial` stays light.
+_LAZY = {
+    "train": ("train", "train"),
+    "Recipe": ("recipes", "Recipe"),
+    "RECIPES": ("recipes", "RECIPES"),
+    "get_recipe": ("recipes", "get_recipe"),
+    "train_one_epoch": ("engine", "train_one_epoch"),
+    "evaluate": ("engine", "evaluate"),
+    "plot_log": ("runlog", "plot_log"),
+    "load_checkpoint": ("checkpoint", "load_checkpoint"),
+    "model_from_checkpoint": ("checkpoint", "model_from_checkpoint"),
+    "export_model": ("checkpoint", "export_model"),
+    "load_shipped_model": ("checkpoint", "load_shipped_model"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "box_ops",
     "PRESETS",
@@ -36,4 +61,5 @@ __all__ = [
     "convert_official_state_dict",
     "load_official_state_dict",
     "from_official",
+    *_LAZY,
 ]

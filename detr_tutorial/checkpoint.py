@@ -275,3 +275,16 @@ def export_model(
     out["model"] = weights
     out.setdefault("format", FORMAT)
     return save_checkpoint(out, dst)
+
+
+#: The model the book uses offline: the ``shapes-cpu`` recipe trained on the shapes data set
+#: (``python -m detr_tutorial train``), exported with :func:`export_model`; its training log lies
+#: beside it (``shapes_detr_log.jsonl``).
+SHIPPED_MODEL = Path(__file__).resolve().parent / "checkpoints" / "shapes_detr.pth"
+
+
+def load_shipped_model(map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The shipped shapes model (3 classes: circle, rectangle, triangle), in eval mode."""
+    if not SHIPPED_MODEL.is_file():
+        raise FileNotFoundError(f"{SHIPPED_MODEL} is missing: reinstall the package (it ships the file)")
+    return model_from_checkpoint(SHIPPED_MODEL, map_location).eval()
