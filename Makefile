@@ -13,7 +13,7 @@ PY     := $(VENV)/bin/python
 # Tools run from the environment (jupyter-book, the kernel that nbval and the build start).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # OpenMP threads that spin while they wait make every torch process several times slower when
-# processes share the 2 cores (measured in benchmarks/RESULTS.md); passive waiting costs nothing.
+# processes share the 2 cores (measured in benchmarks/RESULTS.md: ~5x per training step).
 export OMP_WAIT_POLICY := PASSIVE
 
 # The environment is rebuilt when requirements.txt or pyproject.toml change: the stamp's
