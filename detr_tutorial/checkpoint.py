@@ -208,9 +208,11 @@ def load_model_weights(
             )
     if reset_class_head:
         prefix = head_key.rsplit("weight", 1)[0] if head_key else "class_embed."
-        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        # the class heads: class_embed, and the training-only encoder head's enc_class_embed
+        heads = (prefix, prefix[: -len("class_embed.")] + "enc_class_embed.")
+        state = {k: v for k, v in state.items() if not k.startswith(heads)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(prefix)]
+        missing = [k for k in missing if not k.startswith(heads)]
         if missing or unexpected:
             raise CheckpointError(
                 f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"

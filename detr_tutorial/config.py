@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 __all__ = ["DETRConfig", "PRESETS", "get_config"]
 
-_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class DETRConfig:
     train_backbone: bool = True
     freeze_stem: Optional[bool] = None  # None: freeze conv1+layer1 iff the trunk is pretrained (official)
     dilation: bool = False  # DC5: dilate the last stage, stride 16 instead of 32
-    backbone_stride: int = 32  # 16 stops the trunk after layer3 (a cheaper stride-16 map)
+    backbone_stride: int = 32  # 16 stops a ResNet after layer3 (a cheaper stride-16 map); smallcnn: 8 or 16
     # transformer
     hidden_dim: int = 256
     nheads: int = 8
@@ -44,9 +44,17 @@ class DETRConfig:
     dropout: float = 0.1
     pre_norm: bool = False
     position_embedding: str = "sine"  # or "learned"
+    position_at_input: bool = False  # also add the positions to the encoder's input (paper, Table 3)
     # heads
     num_queries: int = 100
     aux_loss: bool = True
+    query_groups: int = 1  # Group DETR: G groups of num_queries queries in training, 1 at inference
+    reference_points: bool = False  # box centres as offsets from a point each query learns (Conditional DETR)
+    conditional_spatial_query: bool = False  # Conditional DETR cross-attention (needs reference_points)
+    box_refine: bool = False  # each decoder layer looks at the previous layer's box centres (needs conditional)
+    encoder_aux_loss: bool = False  # training-only dense loss on the encoder cells near each object's centre
+    encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
+    encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
@@ -58,6 +66,7 @@ class DETRConfig:
     focal_loss: bool = False  # sigmoid focal classification (Deformable DETR) instead of softmax CE
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    focal_prior_prob: Optional[float] = None  # focal only: start every class score at this probability
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,15 +89,26 @@ class DETRConfig:
             raise ValueError(f"the sine encoding needs hidden_dim divisible by 4, got {self.hidden_dim}")
         if self.backbone_norm not in ("frozen_bn", "bn"):
             raise ValueError(f"backbone_norm must be 'frozen_bn' or 'bn', got {self.backbone_norm!r}")
-        if self.backbone_stride not in (16, 32):
-            raise ValueError(f"backbone_stride must be 16 or 32, got {self.backbone_stride}")
+        strides = (8, 16) if self.backbone == "smallcnn" else (16, 32)
+        if self.backbone_stride not in strides:
+            raise ValueError(f"backbone_stride must be one of {strides} for {self.backbone}, got {self.backbone_stride}")
+        if self.backbone == "smallcnn" and (self.pretrained_backbone or self.backbone_norm != "bn"):
+            raise ValueError("the smallcnn trunk is trained from scratch: pretrained_backbone=False, backbone_norm='bn'")
         if self.dilation and self.backbone in ("resnet18", "resnet34"):
             raise ValueError("dilation (DC5) needs resnet50 or resnet101: torchvision's BasicBlock cannot dilate")
         if self.dilation and self.backbone_stride == 16:
             raise ValueError("choose either dilation=True (DC5) or backbone_stride=16, not both")
-        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "nheads"):
+        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "nheads", "query_groups"):
             if getattr(self, name) < (0 if name == "enc_layers" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.focal_prior_prob is not None and not 0.0 < self.focal_prior_prob < 1.0:
+            raise ValueError(f"focal_prior_prob must be in (0, 1), got {self.focal_prior_prob}")
+        if self.conditional_spatial_query and not self.reference_points:
+            raise ValueError("conditional_spatial_query needs reference_points=True (its queries look near their points)")
+        if self.box_refine and not self.conditional_spatial_query:
+            raise ValueError("box_refine moves the conditional queries' reference points: set conditional_spatial_query=True")
+        if self.conditional_spatial_query and self.pre_norm:
+            raise ValueError("conditional_spatial_query is implemented for post-norm layers only (pre_norm=False)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

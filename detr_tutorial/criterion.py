@@ -76,6 +76,7 @@ class SetCriterion(nn.Module):
         focal: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        encoder_radius: float = 0.25,
     ) -> None:
         super().__init__()
         unknown = sorted(set(losses) - set(_DEFAULT_LOSSES))
@@ -89,6 +90,7 @@ class SetCriterion(nn.Module):
         self.focal = focal
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.encoder_radius = encoder_radius
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -143,6 +145,47 @@ class SetCriterion(nn.Module):
         loss_giou = 1 - elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
+    def loss_encoder(self, enc: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The dense, one-to-many loss of the encoder head (training only; see ``DETR``).
+
+        Every memory cell whose centre lies within ``encoder_radius`` of an object's size from the
+        object's centre (and always the cell holding the centre) must predict that object's class
+        and box; a cell near several objects takes the smallest. All other valid cells must say
+        "nothing" (sigmoid focal loss). Normalized by the number of positive cells.
+        """
+        logits, boxes, centres = enc["pred_logits"], enc["pred_boxes"], enc["centres"]
+        padding, cell_size = enc["padding"], enc["cell_size"]
+        b, hw, c = logits.shape
+        target_cls = torch.zeros_like(logits)
+        target_box = torch.zeros_like(boxes)
+        positive = torch.zeros((b, hw), dtype=torch.bool, device=logits.device)
+        for i, t in enumerate(targets):
+            gt = t["boxes"].to(boxes)
+            if len(gt) == 0:
+                continue
+            reach = torch.maximum(gt[:, 2:] * self.encoder_radius, cell_size[i] * 0.5)  # [N, 2] as (x, y)
+            inside = ((centres[i][:, None, :] - gt[None, :, :2]).abs() <= reach[None]).all(-1)  # [hw, N]
+            inside &= ~padding[i][:, None]
+            area = torch.where(inside, (gt[:, 2] * gt[:, 3])[None], torch.full_like(inside, float("inf"), dtype=gt.dtype))
+            smallest, which = area.min(1)  # [hw]
+            pos = torch.isfinite(smallest)
+            positive[i] = pos
+            target_cls[i, pos, t["labels"].to(logits.device)[which[pos]]] = 1.0
+            target_box[i, pos] = gt[which[pos]]
+        num_pos = torch.as_tensor([float(positive.sum())], device=logits.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_pos)
+            num_pos = num_pos / dist.get_world_size()
+        num_pos = torch.clamp(num_pos, min=1).item()
+        valid = ~padding
+        loss_ce = sigmoid_focal_loss(
+            logits[valid], target_cls[valid], self.focal_alpha, self.focal_gamma, reduction="sum"
+        ) / num_pos
+        src, tgt = boxes[positive], target_box[positive]  # [P, 4]
+        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_pos
+        loss_giou = (1 - elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))).sum() / num_pos
+        return {"loss_enc_ce": loss_ce, "loss_enc_bbox": loss_bbox, "loss_enc_giou": loss_giou}
+
     # -- putting it together ---------------------------------------------------------------
     def _num_boxes(self, targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
         """Target boxes per process, averaged over processes (so every process divides alike), >= 1."""
@@ -153,11 +196,16 @@ class SetCriterion(nn.Module):
             world = dist.get_world_size()
         return torch.clamp(num / world, min=1).item()
 
-    def _group(self, name: str, outputs: dict, targets: Sequence, indices: list, num_boxes: float, log: bool) -> dict:
+    def _group(
+        self, name: str, outputs: dict, targets: Sequence, indices: list, num_boxes: float, log: bool, groups: int = 1
+    ) -> dict:
         if name == "labels":
             return self.loss_labels(outputs, targets, indices, num_boxes, log=log)
         if name == "boxes":
             return self.loss_boxes(outputs, targets, indices, num_boxes)
+        if groups > 1:  # count the objects that one group (what inference runs) predicts
+            per_group = outputs["pred_logits"].shape[1] // groups
+            outputs = {k: v[:, :per_group] for k, v in outputs.items()}
         return self.loss_cardinality(outputs, targets, indices, num_boxes)
 
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -169,21 +217,46 @@ class SetCriterion(nn.Module):
                 f"pred_logits has {outputs['pred_logits'].shape[-1]} classes but the criterion expects "
                 f"num_classes + 1 = {self.num_classes + 1}"
             )
+        groups = int(outputs.get("query_groups", 1))
+        if groups < 1 or outputs["pred_logits"].shape[1] % groups != 0:
+            raise ValueError(
+                f"query_groups={groups} does not divide the {outputs['pred_logits'].shape[1]} predictions per image"
+            )
         main = {k: v for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        indices = self._match(main, targets)
-        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
+        indices = self._match(main, targets, groups)
+        # Group DETR: every group is a full one-to-one matching; dividing by G averages the groups
+        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device) * groups
         losses: dict[str, Tensor] = {}
         for name in self.losses:
-            losses.update(self._group(name, main, targets, indices, num_boxes, log=True))
+            losses.update(self._group(name, main, targets, indices, num_boxes, log=True, groups=groups))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             check_outputs(aux)
-            aux_indices = self._match(aux, targets)
+            aux_indices = self._match(aux, targets, groups)
             for name in self.losses:
-                terms = self._group(name, aux, targets, aux_indices, num_boxes, log=False)
+                terms = self._group(name, aux, targets, aux_indices, num_boxes, log=False, groups=groups)
                 losses.update({f"{k}_{i}": v for k, v in terms.items()})
+        if "enc_outputs" in outputs:
+            losses.update(self.loss_encoder(outputs["enc_outputs"], targets))
         return losses
 
-    def _match(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> list:
+    def _match(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], groups: int = 1) -> list:
+        """Hungarian matching, separately within each query group; indices into all ``G*Q`` queries."""
+        if groups > 1:
+            per_group = outputs["pred_logits"].shape[1] // groups
+            chunks = [
+                self._match(
+                    {k: outputs[k][:, g * per_group : (g + 1) * per_group] for k in ("pred_logits", "pred_boxes")},
+                    targets,
+                )
+                for g in range(groups)
+            ]
+            return [
+                (
+                    torch.cat([c[b][0] + g * per_group for g, c in enumerate(chunks)]),
+                    torch.cat([c[b][1] for c in chunks]),
+                )
+                for b in range(len(targets))
+            ]
         # targets were validated once in forward(); our matcher need not do it again per layer
         if isinstance(self.matcher, HungarianMatcher):
             return self.matcher(outputs, targets, check=False)
@@ -212,6 +285,11 @@ def build_criterion(cfg: Any) -> SetCriterion:
     if cfg.aux_loss:
         for i in range(cfg.dec_layers - 1):
             weight_dict.update({f"{k}_{i}": v for k, v in list(weight_dict.items()) if not k[-1].isdigit()})
+    if getattr(cfg, "encoder_aux_loss", False):
+        coef = cfg.encoder_aux_coef
+        weight_dict.update(
+            loss_enc_ce=cfg.ce_loss_coef * coef, loss_enc_bbox=cfg.bbox_loss_coef * coef, loss_enc_giou=cfg.giou_loss_coef * coef
+        )
     return SetCriterion(
         cfg.num_classes,
         build_matcher(cfg),
@@ -220,4 +298,5 @@ def build_criterion(cfg: Any) -> SetCriterion:
         focal=cfg.focal_loss,
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
+        encoder_radius=getattr(cfg, "encoder_aux_radius", 0.25),
     )

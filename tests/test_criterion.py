@@ -93,3 +93,83 @@ def test_wrong_number_of_classes_is_named():
     io = load_io()
     with pytest.raises(ValueError, match="num_classes"):
         _criterion(num_classes=91)(io["outputs"], [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.1, 0.1]])}] * 2)
+
+
+def test_query_groups_are_matched_one_to_one_each_and_averaged():
+    """Group DETR: each group of Q queries gets its own matching; the loss is the groups' mean."""
+    torch.manual_seed(0)
+    criterion = dt.SetCriterion(3, dt.HungarianMatcher(2, 5, 2), WEIGHTS, eos_coef=0.1, focal=False)
+    q, groups = 4, 3
+    logits, boxes = torch.randn(2, q * groups, 4), torch.rand(2, q * groups, 4) * 0.5 + 0.25
+    targets = [
+        {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]])},
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.2]])},
+    ]
+    grouped = {"pred_logits": logits, "pred_boxes": boxes, "query_groups": groups}
+    indices = criterion._match(grouped, targets, groups)
+    for (src, tgt), t in zip(indices, targets):
+        assert len(src) == groups * len(t["labels"])  # every target once per group
+        assert sorted((src // q).tolist()) == sorted(list(range(groups)) * len(t["labels"]))
+    losses = criterion(grouped, targets)
+    per_group = [
+        criterion({"pred_logits": logits[:, g * q : (g + 1) * q], "pred_boxes": boxes[:, g * q : (g + 1) * q]}, targets)
+        for g in range(groups)
+    ]
+    for key in ("loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(losses[key], torch.stack([p[key] for p in per_group]).mean())
+
+
+def _encoder_outputs(h: int = 4, w: int = 4, num_classes: int = 3) -> dict:
+    """A 4x4 grid of cells over one unpadded image, every cell predicting nothing and a dummy box."""
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    centres = torch.stack([xs.flatten() / w, ys.flatten() / h], dim=-1)[None]  # [1, 16, 2]
+    return {
+        "pred_logits": torch.full((1, h * w, num_classes), -5.0),
+        "pred_boxes": torch.cat([centres, torch.full((1, h * w, 2), 0.1)], dim=-1),
+        "centres": centres,
+        "cell_size": torch.tensor([[1 / w, 1 / h]]),
+        "padding": torch.zeros(1, h * w, dtype=torch.bool),
+    }
+
+
+def test_encoder_loss_supervises_the_cells_around_each_object_centre():
+    criterion = dt.SetCriterion(3, dt.HungarianMatcher(2, 5, 2, focal=True), WEIGHTS, focal=True, encoder_radius=0.25)
+    enc = _encoder_outputs()
+    # a big object centred in cell (row 1, col 1) reaching over cell (1, 2); a small one in cell (3, 3)
+    targets = [{"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.45, 0.375, 0.8, 0.5], [0.875, 0.875, 0.1, 0.1]])}]
+    enc["pred_boxes"][0, 5] = targets[0]["boxes"][0]  # cell (1, 1) predicts the big object exactly
+    enc["pred_boxes"][0, 6] = targets[0]["boxes"][0]  # cell (1, 2) is within 0.25 * 0.8 = 0.2 of its centre in x
+    enc["pred_boxes"][0, 15] = targets[0]["boxes"][1]  # the small object: only its own cell
+    losses = criterion.loss_encoder(enc, targets)
+    assert losses["loss_enc_bbox"].item() == 0 and losses["loss_enc_giou"].item() == pytest.approx(0, abs=1e-6)
+    # a positive cell that predicts the wrong box is penalized; a negative one is not
+    enc["pred_boxes"][0, 0] = torch.tensor([0.9, 0.9, 0.3, 0.3])  # cell (0, 0): no object near it
+    assert criterion.loss_encoder(enc, targets)["loss_enc_bbox"].item() == 0
+    enc["pred_boxes"][0, 6] = torch.tensor([0.9, 0.9, 0.3, 0.3])
+    assert criterion.loss_encoder(enc, targets)["loss_enc_bbox"].item() > 0
+
+
+def test_encoder_loss_ignores_padding_cells_and_images_without_objects():
+    criterion = dt.SetCriterion(3, dt.HungarianMatcher(2, 5, 2, focal=True), WEIGHTS, focal=True)
+    enc = _encoder_outputs()
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
+    base = criterion.loss_encoder(enc, empty)["loss_enc_ce"]
+    enc["pred_logits"][0, :4] = 8.0  # confident detections in the first row ...
+    assert criterion.loss_encoder(enc, empty)["loss_enc_ce"] > base
+    enc["padding"][0, :4] = True  # ... that are padding cells do not count
+    torch.testing.assert_close(criterion.loss_encoder(enc, empty)["loss_enc_ce"], base * 12 / 16)
+
+
+def test_encoder_head_trains_only_and_its_terms_are_weighted():
+    torch.manual_seed(0)
+    model = dt.build_model("detr-tiny", num_classes=3, focal_loss=True, encoder_aux_loss=True, encoder_aux_coef=0.5)
+    criterion = dt.build_criterion(model.config)
+    assert criterion.weight_for("loss_enc_bbox") == 2.5 and criterion.weight_for("loss_enc_ce") == 0.5
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}]
+    out = model(torch.randn(1, 3, 64, 64))
+    assert out["enc_outputs"]["pred_logits"].shape == (1, 4, 3)  # 2x2 cells at stride 32
+    losses = criterion(out, targets)
+    assert {"loss_enc_ce", "loss_enc_bbox", "loss_enc_giou"} <= set(losses)
+    criterion.total(losses).backward()
+    assert model.enc_bbox_embed.layers[0].weight.grad.abs().sum() > 0
+    assert "enc_outputs" not in model.eval()(torch.randn(1, 3, 64, 64))

@@ -66,7 +66,10 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_their_union():
         assert out["steps"] == 2
         results.append(model.state_dict())
     diff = max((results[0][k].float() - results[1][k].float()).abs().max().item() for k in results[0])
-    assert diff < 1e-6
+    # Adam divides by the gradient's running RMS, so a parameter with a near-zero gradient moves by
+    # ~lr whatever its sign's rounding: summation-order noise (it depends on the thread count) shows
+    # up as differences of ~3e-5 at lr 1e-3. A micro-batch lost or counted twice moves them by ~lr.
+    assert diff < 2e-4
 
 
 def test_step_budget_and_scheduler_are_counted_in_optimizer_steps():

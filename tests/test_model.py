@@ -82,6 +82,11 @@ def test_overrides_follow_the_official_option_names():
         (dict(backbone="vgg16"), "backbone must be one of"),
         (dict(dilation=True), "resnet50 or resnet101"),
         (dict(position_embedding="rope"), "position_embedding"),
+        (dict(backbone="smallcnn", backbone_norm="bn", backbone_stride=32), "backbone_stride must be one of"),
+        (dict(backbone="smallcnn", backbone_norm="frozen_bn", backbone_stride=16), "trained from scratch"),
+        (dict(backbone="resnet18", backbone_stride=8), "backbone_stride must be one of"),
+        (dict(query_groups=0), "query_groups"),
+        (dict(focal_loss=True, focal_prior_prob=1.5), "focal_prior_prob"),
     ],
 )
 def test_bad_configurations_are_rejected(overrides, message):
@@ -200,3 +205,150 @@ def test_stride_16_backbone_stops_after_layer3():
     feats, mask = backbone(torch.randn(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.bool))
     assert feats.shape == (1, 256, 4, 6) and mask.shape == (1, 4, 6)
     assert not hasattr(backbone.body, "layer4")
+
+
+@pytest.mark.parametrize("stride, channels", [(8, 128), (16, 256)])
+def test_smallcnn_trunk_gives_a_stride_8_or_16_map(stride, channels):
+    model = dt.build_model("detr-tiny", num_classes=3, backbone="smallcnn", backbone_norm="bn", backbone_stride=stride)
+    assert isinstance(model.backbone, dt.models.SmallCNN) and model.backbone.num_channels == channels
+    feats, mask = model.backbone(torch.randn(2, 3, 64, 96), torch.zeros(2, 64, 96, dtype=torch.bool))
+    assert feats.shape == (2, channels, 64 // stride, 96 // stride) and mask.shape == (2, 64 // stride, 96 // stride)
+    out = model(torch.randn(2, 3, 64, 96))
+    assert out["pred_boxes"].shape == (2, 20, 4)
+
+
+def test_focal_prior_starts_every_class_score_at_the_prior():
+    model = dt.build_model("detr-tiny", num_classes=3, focal_loss=True, focal_prior_prob=0.01).eval()
+    probs = model(torch.randn(1, 3, 64, 64))["pred_logits"][..., :-1].sigmoid()
+    # the bias sets the prior; the (random) weights only spread the scores around it
+    assert probs.mean().item() == pytest.approx(0.01, rel=0.5)
+    assert torch.allclose(model.class_embed.bias, torch.full((4,), -4.59512), atol=1e-4)
+
+
+def _grouped_model(groups: int = 3) -> DETR:
+    torch.manual_seed(0)
+    return dt.build_model(
+        "detr-tiny", num_classes=3, num_queries=5, query_groups=groups, dropout=0.0, backbone="smallcnn",
+        backbone_norm="bn", backbone_stride=16,
+    )
+
+
+def test_query_groups_train_g_times_the_queries_and_predict_with_the_first_group():
+    model = _grouped_model(groups=3)
+    images = torch.randn(2, 3, 64, 64)
+    out = model(images)
+    assert out["pred_logits"].shape == (2, 15, 4) and out["query_groups"] == 3
+    assert all(aux["pred_boxes"].shape == (2, 15, 4) for aux in out["aux_outputs"])
+    model.eval()
+    out = model(images)
+    assert out["pred_logits"].shape == (2, 5, 4) and "query_groups" not in out
+
+
+def test_query_groups_cannot_see_each_other():
+    """Group 0 in training equals the model at inference: other groups change nothing in it."""
+    model = _grouped_model(groups=3)
+    model.backbone.eval()  # fixed BatchNorm statistics, so training and eval passes compare
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        first_group = model(images)["pred_boxes"][:, :5].clone()
+        model.query_embed.weight[5:] += 1.0  # move every query of groups 1 and 2
+        again = model(images)["pred_boxes"][:, :5]
+        model.eval()
+        inference = model(images)["pred_boxes"]
+    torch.testing.assert_close(again, first_group)
+    torch.testing.assert_close(inference, first_group)
+
+
+def test_position_at_input_changes_only_what_the_encoder_reads():
+    torch.manual_seed(0)
+    plain = dt.build_model("detr-tiny", num_classes=3, dropout=0.0).eval()
+    at_input = dt.build_model("detr-tiny", num_classes=3, dropout=0.0, position_at_input=True).eval()
+    at_input.load_state_dict(plain.state_dict())  # same parameters: the option adds none
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(images)["pred_boxes"], at_input(images)["pred_boxes"]
+        at_input.transformer.position_at_input = False
+        torch.testing.assert_close(at_input(images)["pred_boxes"], a)
+    assert not torch.allclose(a, b)
+
+
+def test_reference_points_are_where_each_query_predicts_its_box_centre():
+    """With a zero box offset the predicted centre is the query's reference point."""
+    torch.manual_seed(0)
+    model = dt.build_model("detr-tiny", num_classes=3, reference_points=True, num_queries=6).eval()
+    last = model.bbox_embed.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        boxes = model(torch.randn(2, 3, 64, 64))["pred_boxes"]  # [2, 6, 4]
+        refs = model.reference_points(model.query_embed.weight).sigmoid()  # [6, 2]
+    torch.testing.assert_close(boxes[..., :2], refs.expand(2, -1, -1))
+    torch.testing.assert_close(boxes[..., 2:], torch.full((2, 6, 2), 0.5))
+
+
+def test_point_code_equals_the_feature_maps_position_code_at_each_cell():
+    from detr_tutorial.models.transformer import sine_embed_points
+
+    h, w = 4, 6
+    pos = PositionEmbeddingSine(32, normalize=True)(torch.zeros(1, h, w, dtype=torch.bool))[0]  # [64, h, w]
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    points = torch.stack([(cols + 1) / w, (rows + 1) / h], dim=-1).float()  # (x, y) as the sine code counts them
+    torch.testing.assert_close(sine_embed_points(points, 64).permute(2, 0, 1), pos)
+
+
+def _conditional_model(**overrides) -> DETR:
+    torch.manual_seed(0)
+    return dt.build_model(
+        "detr-tiny", num_classes=3, dropout=0.0, reference_points=True, conditional_spatial_query=True, **overrides
+    )
+
+
+def test_conditional_decoder_attention_path_equals_the_fast_path():
+    model = _conditional_model().eval()
+    images = [torch.randn(3, 64, 64), torch.randn(3, 96, 64)]
+    with torch.no_grad():
+        fast, slow = model(images), model(images, return_attention=True)
+    torch.testing.assert_close(slow["pred_boxes"], fast["pred_boxes"])
+    torch.testing.assert_close(slow["pred_logits"], fast["pred_logits"])
+    torch.testing.assert_close(slow["dec_attn"].sum(-1), torch.ones_like(slow["dec_attn"].sum(-1)))
+
+
+def test_conditional_queries_look_near_their_reference_points():
+    """The spatial channels alone (content zeroed) put a query's attention peak at its point."""
+    model = _conditional_model().eval()
+    layer = model.transformer.decoder.layers[0]
+    d = layer.cross_attn.embed_dim
+    with torch.no_grad():
+        layer.cross_attn.in_proj_weight.zero_()  # no content channels
+        for proj in (layer.ca_qpos_sine_proj, layer.ca_kpos_proj):  # spatial channels: identity
+            proj.weight.copy_(torch.eye(d) * 4)
+            proj.bias.zero_()
+        model.reference_points.layers[-1].weight.zero_()
+        model.reference_points.layers[-1].bias.copy_(torch.logit(torch.tensor([0.75, 0.25])))  # x, y
+        out = model(torch.randn(1, 3, 128, 128), return_attention=True)
+    h, w = out["feature_shape"]
+    peak = out["dec_attn"][0, 0].mean(0).mean(0).argmax().item()  # layer 0, image 0, mean of heads, queries
+    # the sine code counts cells from 1: x = (col + 1) / w, y = (row + 1) / h
+    assert (peak // w, peak % w) == (round(0.25 * h) - 1, round(0.75 * w) - 1)
+
+
+def test_conditional_spatial_query_needs_reference_points():
+    with pytest.raises(ValueError, match="reference_points"):
+        dt.build_model("detr-tiny", conditional_spatial_query=True)
+
+
+def test_box_refinement_moves_each_layers_points_to_the_previous_layers_box_centres():
+    model = _conditional_model(box_refine=True, dec_layers=3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64), return_attention=True)
+    refs = out["reference_points"]  # [3, 2, Q, 2]
+    first = model.reference_points(model.query_embed.weight).sigmoid()
+    torch.testing.assert_close(refs[0], first.expand(2, -1, -1))
+    for layer in (1, 2):
+        previous = out["aux_outputs"][layer - 1]["pred_boxes"][..., :2]
+        torch.testing.assert_close(refs[layer], previous)
+
+
+def test_box_refinement_needs_the_conditional_decoder():
+    with pytest.raises(ValueError, match="conditional_spatial_query"):
+        dt.build_model("detr-tiny", reference_points=True, box_refine=True)

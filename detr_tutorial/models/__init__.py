@@ -1,5 +1,5 @@
 """DETR's modules: backbone, position encodings, transformer, the DETR model and its builder."""
-from .backbone import Backbone, FrozenBatchNorm2d
+from .backbone import Backbone, FrozenBatchNorm2d, SmallCNN, build_backbone
 from .detr import DETR, MLP, PostProcess, build_model, predict
 from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine, build_position_encoding
 from .transformer import (
@@ -13,6 +13,8 @@ from .transformer import (
 
 __all__ = [
     "Backbone",
+    "SmallCNN",
+    "build_backbone",
     "FrozenBatchNorm2d",
     "DETR",
     "MLP",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["Backbone", "FrozenBatchNorm2d", "mask_to_feature_size"]
+__all__ = ["Backbone", "SmallCNN", "FrozenBatchNorm2d", "mask_to_feature_size", "build_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,80 @@ class Backbone(nn.Module):
         """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``."""
         features = self.body(images)["0"]  # [B, C, H/stride, W/stride]
         return features, mask_to_feature_size(mask, features.shape[-2:])
+
+
+class SmallCNN(nn.Module):
+    """A small residual CNN trunk for training from scratch on a CPU (the ``shapes-cpu`` recipe).
+
+    A ResNet-18 spends most of a CPU training step in its trunk, and on 128 px images of flat
+    shapes its ImageNet-sized capacity buys nothing. This trunk is a 3x3 stem and one torchvision
+    ``BasicBlock`` per stage, doubling the channels at each stride-2 stage::
+
+        stem   3 -> 32,  stride 2
+        stage1 32 -> 64,  stride 4
+        stage2 64 -> 128, stride 8
+        stage3 128 -> 256, stride 16
+
+    ``stride=8`` stops after ``stage2`` (128 channels, a 16x16 map for a 128 px image: finer
+    boxes for small objects), ``stride=16`` after ``stage3``. Trainable BatchNorm throughout
+    (``norm="bn"``): there are no pretrained statistics to freeze.
+    """
+
+    WIDTHS = (32, 64, 128, 256)
+
+    def __init__(self, stride: int = 16, norm: str = "bn") -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        if stride not in (8, 16):
+            raise ValueError(f"the smallcnn trunk has stride 8 or 16, got {stride}")
+        if norm != "bn":
+            raise ValueError("the smallcnn trunk is trained from scratch: use backbone_norm='bn'")
+        w = self.WIDTHS
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, w[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.ReLU(inplace=True),
+        ]
+        num_stages = 2 if stride == 8 else 3
+        for c_in, c_out in zip(w[:num_stages], w[1 : num_stages + 1]):
+            downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out))
+            layers.append(BasicBlock(c_in, c_out, stride=2, downsample=downsample))
+        self.body = nn.Sequential(*layers)
+        self.num_channels = w[num_stages]
+        self.stride = stride
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``."""
+        features = self.body(images)  # [B, C, H/stride, W/stride]
+        return features, mask_to_feature_size(mask, features.shape[-2:])
+
+
+def build_backbone(
+    name: str,
+    weights: Union[None, str] = None,
+    norm: str = "frozen_bn",
+    train_backbone: bool = True,
+    freeze_stem: Optional[bool] = None,
+    dilation: bool = False,
+    stride: int = 32,
+) -> nn.Module:
+    """The trunk a config names: a torchvision ResNet (:class:`Backbone`) or :class:`SmallCNN`."""
+    if name == "smallcnn":
+        if weights not in (None, False):
+            raise ValueError("the smallcnn trunk has no pretrained weights: set pretrained_backbone=False")
+        if dilation:
+            raise ValueError("dilation (DC5) applies to resnet50/resnet101 only")
+        trunk = SmallCNN(stride=stride, norm=norm)
+        trunk.requires_grad_(train_backbone)
+        return trunk
+    return Backbone(
+        name, weights=weights, norm=norm, train_backbone=train_backbone, freeze_stem=freeze_stem,
+        dilation=dilation, stride=stride,
+    )
 
 
 def _resolve_weights(name: str, weights: Union[None, bool, str]) -> tuple[Optional[str], Optional[str]]:

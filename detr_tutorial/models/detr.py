@@ -6,6 +6,7 @@ Each of the ``num_queries`` decoder outputs becomes one prediction: a class dist
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -15,30 +16,14 @@ from torch import Tensor, nn
 from .. import box_ops
 from ..config import DETRConfig, get_config
 from ..nested import NestedTensor, to_nested
-from .backbone import Backbone
+from .backbone import build_backbone
 from .position_encoding import build_position_encoding
-from .transformer import Transformer
+from .transformer import MLP, Transformer
 
 __all__ = ["DETR", "MLP", "PostProcess", "build_model", "predict", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class MLP(nn.Module):
-    """A few linear layers with ReLU in between (the box head is a 3-layer MLP)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class DETR(nn.Module):
@@ -51,6 +36,11 @@ class DETR(nn.Module):
         num_classes: real classes; the class head has one more output for "no object".
         num_queries: how many predictions per image (an upper bound on objects per image).
         aux_loss: also return the predictions of every earlier decoder layer.
+        query_groups: Group DETR (Chen et al., 2022): train ``query_groups`` independent sets of
+            ``num_queries`` queries that cannot see each other in the decoder's self-attention,
+            each matched one-to-one to the targets on its own. More queries learn from every
+            image, which speeds training up; in ``eval()`` mode only the first group runs, so the
+            model predicts ``num_queries`` boxes exactly as a plain DETR does (no NMS needed).
     """
 
     def __init__(
@@ -62,6 +52,10 @@ class DETR(nn.Module):
         num_queries: int,
         aux_loss: bool = True,
         config: Optional[DETRConfig] = None,
+        query_groups: int = 1,
+        reference_points: bool = False,
+        encoder_aux: bool = False,
+        box_refine: bool = False,
     ) -> None:
         super().__init__()
         hidden_dim = transformer.d_model
@@ -69,13 +63,33 @@ class DETR(nn.Module):
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.transformer = transformer
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if query_groups < 1:
+            raise ValueError(f"query_groups must be >= 1, got {query_groups}")
+        self.query_embed = nn.Embedding(num_queries * query_groups, hidden_dim)  # group g: rows g*Q..(g+1)*Q-1
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        # Conditional DETR's reference points: each query's own point s = sigmoid(MLP(query)) in
+        # [0, 1]^2; the box centre is predicted as an offset from it (in logit space)
+        self.reference_points = MLP(hidden_dim, hidden_dim, 2, 2) if reference_points else None
+        # A training-only dense head on the encoder memory (one-to-many supervision of every cell
+        # near an object's centre, as Co-DETR's auxiliary heads); inference never uses it.
+        self.enc_class_embed = nn.Linear(hidden_dim, num_classes) if encoder_aux else None
+        self.enc_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3) if encoder_aux else None
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
+        self.query_groups = query_groups
+        self.box_refine = box_refine
         self.config = config
+
+    def _queries(self) -> tuple[Tensor, Optional[Tensor], int]:
+        """The object queries of this pass ``[G*Q, d]``, their self-attention mask and ``G``."""
+        groups = self.query_groups if self.training else 1
+        queries = self.query_embed.weight[: self.num_queries * groups]
+        if groups == 1:
+            return queries, None, 1
+        group_of = torch.arange(self.num_queries * groups, device=queries.device) // self.num_queries
+        return queries, group_of[:, None] != group_of[None, :], groups  # True = other group: blocked
 
     def forward(
         self, samples: Union[NestedTensor, Tensor, Sequence[Tensor]], return_attention: bool = False
@@ -86,7 +100,8 @@ class DETR(nn.Module):
         (padded here, padding masked out), or a :class:`NestedTensor`.
 
         Returns ``pred_logits [B, Q, C+1]``, ``pred_boxes [B, Q, 4]`` (normalized cxcywh),
-        ``aux_outputs`` (one dict per earlier decoder layer, if ``aux_loss``) and, with
+        ``aux_outputs`` (one dict per earlier decoder layer, if ``aux_loss``), in training with
+        ``query_groups = G > 1`` ``G*Q`` predictions and ``query_groups: G``, and, with
         ``return_attention``, ``enc_attn [L_enc, B, heads, hw, hw]``,
         ``dec_attn [L_dec, B, heads, Q, hw]`` and ``feature_shape (h, w)``.
         """
@@ -94,20 +109,69 @@ class DETR(nn.Module):
         features, mask = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
         pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
         src = self.input_proj(features)  # [B, d, h, w]
-        t = self.transformer(src, mask, self.query_embed.weight, pos, return_attention=return_attention)
-        hs = t["hs"]  # [L_dec, B, Q, d]
+        queries, query_mask, groups = self._queries()  # [G*Q, d]
+        ref = None
+        if self.reference_points is not None:
+            ref = self.reference_points(queries).sigmoid().clamp(1e-4, 1 - 1e-4)  # [G*Q, 2] as (x, y)
+        t = self.transformer(
+            src, mask, queries, pos, return_attention=return_attention, query_mask=query_mask, reference=ref,
+            refine=self.bbox_embed if self.box_refine else None,
+        )
+        hs = t["hs"]  # [L_dec, B, G*Q, d]
         outputs_class = self.class_embed(hs)  # [L_dec, B, Q, C+1]
-        outputs_coord = self.bbox_embed(hs).sigmoid()  # [L_dec, B, Q, 4]
+        box_logits = self.bbox_embed(hs)  # [L_dec, B, G*Q, 4]
+        if ref is not None:
+            # each layer's centres are offsets from the points its queries looked at: the learned
+            # reference points, or with box refinement the previous layer's centres
+            layer_refs = t["references"] if "references" in t else ref  # [L_dec, B, G*Q, 2] or [G*Q, 2]
+            box_logits = torch.cat([box_logits[..., :2] + torch.logit(layer_refs), box_logits[..., 2:]], dim=-1)
+        outputs_coord = box_logits.sigmoid()  # [L_dec, B, G*Q, 4]
         out: dict[str, Any] = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [
                 {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])
             ]
+        if groups > 1:
+            out["query_groups"] = groups
+        if self.enc_class_embed is not None and self.training:
+            out["enc_outputs"] = self._encoder_predictions(t["memory"], mask)
         if return_attention:
+            if "references" in t:
+                out["reference_points"] = t["references"]  # [L_dec, B, Q, 2] (x, y): where each layer looked
             out["enc_attn"] = t["enc_attn"]
             out["dec_attn"] = t["dec_attn"]
             out["feature_shape"] = (int(features.shape[-2]), int(features.shape[-1]))
         return out
+
+    def _encoder_predictions(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The dense head on every memory cell: class logits and a box around the cell's centre.
+
+        Cell centres are in the normalized coordinates of each image's valid area (padding cells
+        get centres beyond 1 and are masked out of the loss).
+        """
+        b, d, h, w = memory.shape
+        cells = memory.flatten(2).transpose(1, 2)  # [B, hw, d]
+        valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype)  # [B] rows of the image itself
+        valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype)  # [B]
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=cells.device, dtype=cells.dtype) + 0.5,
+            torch.arange(w, device=cells.device, dtype=cells.dtype) + 0.5,
+            indexing="ij",
+        )
+        centres = torch.stack(
+            [xs.flatten()[None] / valid_w[:, None], ys.flatten()[None] / valid_h[:, None]], dim=-1
+        )  # [B, hw, 2] as (x, y)
+        offsets = self.enc_bbox_embed(cells)  # [B, hw, 4]
+        anchor = torch.logit(centres.clamp(1e-4, 1 - 1e-4))
+        boxes = torch.cat([offsets[..., :2] + anchor, offsets[..., 2:]], dim=-1).sigmoid()
+        cell_size = torch.stack([1.0 / valid_w, 1.0 / valid_h], dim=-1)  # [B, 2]
+        return {
+            "pred_logits": self.enc_class_embed(cells),  # [B, hw, C] (sigmoid scores, no "no object")
+            "pred_boxes": boxes,  # [B, hw, 4] normalized cxcywh
+            "centres": centres,
+            "cell_size": cell_size,
+            "padding": mask.flatten(1),  # [B, hw]
+        }
 
     def reset_class_head(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
         """Replace ``class_embed`` by a fresh head for ``num_classes`` real classes (+ "no object").
@@ -121,11 +185,15 @@ class DETR(nn.Module):
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         old = self.class_embed
         self.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
+        if self.enc_class_embed is not None:  # the training-only encoder head predicts the classes too
+            enc = self.enc_class_embed
+            self.enc_class_embed = nn.Linear(enc.in_features, num_classes).to(enc.weight.device, enc.weight.dtype)
         self.num_classes = num_classes
         if self.config is not None:
             self.config = self.config.replace(
                 num_classes=num_classes, class_names=list(class_names) if class_names else None
             )
+            _init_class_prior(self, self.config)
 
 
 class PostProcess(nn.Module):
@@ -167,7 +235,7 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
     >>> model = build_model("detr-tiny", num_classes=5, pretrained_backbone=False)
     """
     cfg = get_config(name_or_cfg, **overrides)
-    backbone = Backbone(
+    backbone = build_backbone(
         cfg.backbone,
         weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
         norm=cfg.backbone_norm,
@@ -184,9 +252,29 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
         dim_feedforward=cfg.dim_feedforward,
         dropout=cfg.dropout,
         normalize_before=cfg.pre_norm,
+        position_at_input=cfg.position_at_input,
+        conditional=cfg.conditional_spatial_query,
     )
     position_embedding = build_position_encoding(cfg.position_embedding, cfg.hidden_dim)
-    return DETR(backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss, config=cfg)
+    model = DETR(
+        backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss,
+        config=cfg, query_groups=cfg.query_groups, reference_points=cfg.reference_points,
+        encoder_aux=cfg.encoder_aux_loss, box_refine=cfg.box_refine,
+    )
+    _init_class_prior(model, cfg)
+    return model
+
+
+def _init_class_prior(model: DETR, cfg: DETRConfig) -> None:
+    """Deformable DETR's prior: every sigmoid class score starts at ``focal_prior_prob`` (0.01), so
+    the first steps' focal loss is not dominated by the many queries that should say "no object"."""
+    if not (cfg.focal_loss and cfg.focal_prior_prob is not None):
+        return
+    bias = -math.log((1.0 - cfg.focal_prior_prob) / cfg.focal_prior_prob)
+    with torch.no_grad():
+        model.class_embed.bias.fill_(bias)
+        if model.enc_class_embed is not None:
+            model.enc_class_embed.bias.fill_(bias)
 
 
 def _to_image_tensor(image: Any) -> Tensor:

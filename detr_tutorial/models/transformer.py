@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,18 @@ class MultiheadAttention(nn.Module):
         value: Tensor,
         key_padding_mask: Optional[Tensor] = None,
         need_weights: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        query_extra: Optional[Tensor] = None,
+        key_extra: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """``query [B, Lq, d]``, ``key/value [B, Lk, d]``, ``key_padding_mask [B, Lk]`` (True = ignore).
+
+        ``attn_mask [Lq, Lk]`` (True = this query may not see this key) blocks pairs for every
+        image alike (Group DETR keeps its query groups apart with it).
+
+        ``query_extra [B or 1, Lq, d]`` and ``key_extra [B, Lk, d]`` (already projected) are
+        concatenated to the projected queries and keys *per head* (Conditional DETR's spatial
+        part): a head's score is then ``q·k + q_extra·k_extra`` over ``2 * head_dim`` channels.
 
         Returns ``(output [B, Lq, d], weights [B, heads, Lq, Lk] or None)``.
         """
@@ -77,21 +87,61 @@ class MultiheadAttention(nn.Module):
         q = self._split_heads(F.linear(query, w_q, b_q))
         k = self._split_heads(F.linear(key, w_k, b_k))
         v = self._split_heads(F.linear(value, w_v, b_v))
+        if query_extra is not None and key_extra is not None:
+            q = torch.cat([q, self._split_heads(query_extra.expand(q.shape[0], -1, -1))], dim=-1)
+            k = torch.cat([k, self._split_heads(key_extra)], dim=-1)  # [B, heads, L, 2 * head_dim]
         dropout_p = self.dropout if self.training else 0.0
         weights = None
+        blocked = None  # [B or 1, 1, Lq or 1, Lk], True = masked out
+        if key_padding_mask is not None:
+            blocked = key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            pairs = attn_mask[None, None]
+            blocked = pairs if blocked is None else blocked | pairs
         if need_weights:
-            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # [B, heads, Lq, Lk]
-            if key_padding_mask is not None:
-                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # [B, heads, Lq, Lk]
+            if blocked is not None:
+                scores = scores.masked_fill(blocked, float("-inf"))
             weights = scores.softmax(dim=-1)
             out = F.dropout(weights, dropout_p, training=self.training) @ v
         else:
-            attn_mask = None
-            if key_padding_mask is not None:
-                attn_mask = ~key_padding_mask[:, None, None, :]  # SDPA: True = take part
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            keep = None if blocked is None else ~blocked  # SDPA: True = take part
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)  # [B, Lq, d]
         return self.out_proj(out), weights
+
+
+class MLP(nn.Module):
+    """A few linear layers with ReLU in between (DETR's 3-layer box head, Conditional DETR's
+    ``query_scale``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def sine_embed_points(points: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """Sine code of points ``[..., 2]`` given as ``(x, y)`` in ``[0, 1]`` -> ``[..., dim]``.
+
+    The layout of :class:`~detr_tutorial.models.PositionEmbeddingSine` (y half first, sin/cos
+    interleaved, coordinates scaled to ``[0, 2π]``), so a point's code lines up with the codes of
+    the feature cells around it.
+    """
+    half = dim // 2
+    dim_t = torch.arange(half, dtype=torch.float32, device=points.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
+    scaled = points.float() * (2 * math.pi)
+    pos_x = scaled[..., 0, None] / dim_t
+    pos_y = scaled[..., 1, None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(-2)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(-2)
+    return torch.cat((pos_y, pos_x), dim=-1).to(points.dtype)
 
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
@@ -162,6 +212,12 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
+    def make_conditional(self) -> None:
+        """Add Conditional DETR's projections of the query's spatial code and of the key positions."""
+        d = self.cross_attn.embed_dim
+        self.ca_qpos_sine_proj = nn.Linear(d, d)
+        self.ca_kpos_proj = nn.Linear(d, d)
+
     def forward(
         self,
         tgt: Tensor,
@@ -170,12 +226,23 @@ class TransformerDecoderLayer(nn.Module):
         pos: Optional[Tensor],
         query_pos: Optional[Tensor],
         need_weights: bool = False,
+        self_attn_mask: Optional[Tensor] = None,
+        query_sine: Optional[Tensor] = None,
+        is_first: bool = False,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """``tgt, query_pos [B, Q, d]``, ``memory, pos [B, HW, d]`` -> ``(tgt [B, Q, d], cross weights)``."""
+        """``tgt, query_pos [B, Q, d]``, ``memory, pos [B, HW, d]`` -> ``(tgt [B, Q, d], cross weights)``.
+
+        ``self_attn_mask [Q, Q]`` (True = blocked) limits which queries see each other.
+        ``query_sine [B, Q, d]``: the conditional spatial query (Conditional DETR; post-norm only).
+        """
+        if query_sine is not None:
+            return self._forward_conditional(
+                tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, is_first
+            )
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2)[0])
+            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2, attn_mask=self_attn_mask)[0])
             tgt2 = self.norm2(tgt)
             attn, weights = self.cross_attn(
                 _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, need_weights
@@ -184,9 +251,40 @@ class TransformerDecoderLayer(nn.Module):
             tgt = tgt + self.dropout3(self._ffn(self.norm3(tgt)))
             return tgt, weights
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]))
         attn, weights = self.cross_attn(
             _with_pos(tgt, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, need_weights
+        )
+        tgt = self.norm2(tgt + self.dropout2(attn))
+        tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+        return tgt, weights
+
+    def _forward_conditional(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_key_padding_mask: Optional[Tensor],
+        pos: Optional[Tensor],
+        query_pos: Optional[Tensor],
+        need_weights: bool,
+        self_attn_mask: Optional[Tensor],
+        query_sine: Tensor,
+        is_first: bool,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Conditional DETR's cross-attention: content and space matched in separate channels.
+
+        Each head scores a key by ``content_q·content_k + spatial_q·spatial_k``. The spatial query
+        is the sine code of the query's reference point, scaled per channel by the decoder
+        embedding; the spatial key is the cell's position code. So a query looks near its point
+        from the first step, instead of learning to find its place through the content channels.
+        """
+        q = k = _with_pos(tgt, query_pos)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]))
+        content_q = _with_pos(tgt, query_pos) if is_first else tgt  # [B, Q, d]
+        content_k = _with_pos(memory, pos) if is_first else memory  # [B, HW, d]
+        attn, weights = self.cross_attn(
+            content_q, content_k, memory, memory_key_padding_mask, need_weights,
+            query_extra=self.ca_qpos_sine_proj(query_sine), key_extra=self.ca_kpos_proj(pos),
         )
         tgt = self.norm2(tgt + self.dropout2(attn))
         tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
@@ -217,10 +315,19 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """A stack of decoder layers returning *every* layer's output through one shared LayerNorm."""
 
-    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module) -> None:
+    def __init__(
+        self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module, conditional: bool = False
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
         self.norm = norm
+        self.conditional = conditional
+        if conditional:
+            d = layer.cross_attn.embed_dim
+            for each in self.layers:
+                each.make_conditional()
+            # lambda_q: a per-channel scale of the spatial code computed from the decoder embedding
+            self.query_scale = MLP(d, d, d, 2)
 
     def forward(
         self,
@@ -230,15 +337,39 @@ class TransformerDecoder(nn.Module):
         pos: Optional[Tensor],
         query_pos: Optional[Tensor],
         need_weights: bool = False,
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer)``."""
-        intermediate, weights = [], []
-        for layer in self.layers:
-            tgt, w = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights)
+        self_attn_mask: Optional[Tensor] = None,
+        reference: Optional[Tensor] = None,
+        refine: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> tuple[Tensor, list[Tensor], Optional[Tensor]]:
+        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer, references [L, B, Q, 2])``.
+
+        ``reference [Q, 2]``: the queries' reference points ``(x, y)`` in ``[0, 1]``; required by a
+        conditional decoder, ignored otherwise. ``refine`` (the box head, ``[B, Q, d] -> [B, Q, 4]``
+        logits): after each layer the reference moves to that layer's predicted box centre
+        (detached, as in Deformable DETR's box refinement), so the next layer looks there.
+        """
+        intermediate, weights, references = [], [], []
+        ref = None
+        if self.conditional:
+            if reference is None:
+                raise ValueError("a conditional decoder needs the queries' reference points")
+            ref = reference[None].expand(tgt.shape[0], -1, -1)  # [B, Q, 2]
+        for i, layer in enumerate(self.layers):
+            query_sine = None
+            if ref is not None:
+                references.append(ref)
+                point_code = sine_embed_points(ref, tgt.shape[-1])  # [B, Q, d]
+                query_sine = point_code if i == 0 else point_code * self.query_scale(tgt)
+            tgt, w = layer(
+                tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, i == 0
+            )
             intermediate.append(self.norm(tgt))
+            if refine is not None and ref is not None:
+                centre = refine(intermediate[-1])[..., :2] + torch.logit(ref)
+                ref = centre.sigmoid().clamp(1e-4, 1 - 1e-4).detach()
             if need_weights:
                 weights.append(w)
-        return torch.stack(intermediate), weights
+        return torch.stack(intermediate), weights, (torch.stack(references) if references else None)
 
 
 class Transformer(nn.Module):
@@ -253,6 +384,8 @@ class Transformer(nn.Module):
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
         normalize_before: bool = False,
+        position_at_input: bool = False,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
         enc_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
@@ -260,9 +393,12 @@ class Transformer(nn.Module):
             enc_layer, num_encoder_layers, nn.LayerNorm(d_model) if normalize_before else None
         )
         dec_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-        self.decoder = TransformerDecoder(dec_layer, num_decoder_layers, nn.LayerNorm(d_model))
+        if conditional and normalize_before:
+            raise ValueError("the conditional decoder is post-norm only")
+        self.decoder = TransformerDecoder(dec_layer, num_decoder_layers, nn.LayerNorm(d_model), conditional)
         self.d_model = d_model
         self.nhead = nhead
+        self.position_at_input = position_at_input
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -272,7 +408,15 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor, return_attention: bool = False
+        self,
+        src: Tensor,
+        mask: Tensor,
+        query_embed: Tensor,
+        pos_embed: Tensor,
+        return_attention: bool = False,
+        query_mask: Optional[Tensor] = None,
+        reference: Optional[Tensor] = None,
+        refine: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> dict[str, object]:
         """Run encoder and decoder.
 
@@ -281,6 +425,11 @@ class Transformer(nn.Module):
             mask: padding mask ``[B, h, w]`` (True = padding).
             query_embed: object queries ``[Q, d]``.
             pos_embed: positional encoding ``[B, d, h, w]``.
+            query_mask: ``[Q, Q]``, True where query ``i`` may not attend to query ``j`` in the
+                decoder's self-attention (``None``: all queries see each other, as in DETR).
+            reference: ``[Q, 2]`` reference points of the queries (conditional decoder only).
+            refine: the box head, to move each layer's reference points to the previous layer's
+                box centres (conditional decoder only).
 
         Returns a dict with ``hs [L_dec, B, Q, d]``, ``memory [B, d, h, w]`` and, when asked,
         ``enc_attn [L_enc, B, heads, hw, hw]`` and ``dec_attn [L_dec, B, heads, Q, hw]``.
@@ -289,11 +438,19 @@ class Transformer(nn.Module):
         src = src.flatten(2).transpose(1, 2)  # [B, hw, d]
         pos = pos_embed.flatten(2).transpose(1, 2).to(src.dtype)  # [B, hw, d]
         key_padding_mask = mask.flatten(1)  # [B, hw]
+        if self.position_at_input:
+            # also add the positions to the features once, so the memory's *values* say where each
+            # cell is (with pos in queries and keys only, only the attention pattern knows)
+            src = src + pos
         query_pos = query_embed[None].expand(b, -1, -1)  # [B, Q, d]
         tgt = torch.zeros_like(query_pos)
         memory, enc_w = self.encoder(src, key_padding_mask, pos, return_attention)
-        hs, dec_w = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, return_attention)
+        hs, dec_w, references = self.decoder(
+            tgt, memory, key_padding_mask, pos, query_pos, return_attention, query_mask, reference, refine
+        )
         out: dict[str, object] = {"hs": hs, "memory": memory.transpose(1, 2).reshape(b, c, h, w)}
+        if references is not None:
+            out["references"] = references  # [L_dec, B, Q, 2]: where each layer's queries looked
         if return_attention:
             out["enc_attn"] = torch.stack(enc_w) if enc_w else src.new_zeros((0, b, self.nhead, h * w, h * w))
             out["dec_attn"] = torch.stack(dec_w)
