@@ -10,7 +10,6 @@ import math
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import box_ops
@@ -41,6 +40,13 @@ class DETR(nn.Module):
             each matched one-to-one to the targets on its own. More queries learn from every
             image, which speeds training up; in ``eval()`` mode only the first group runs, so the
             model predicts ``num_queries`` boxes exactly as a plain DETR does (no NMS needed).
+        reference_points: Conditional DETR: each query learns a point ``sigmoid(MLP(query))`` and
+            predicts its box centre as an offset from it (in logit space). With a conditional
+            decoder (``Transformer(conditional=True)``) the point also steers the cross-attention.
+        encoder_aux: add the training-only dense head on the encoder cells (``enc_class_embed``,
+            ``enc_bbox_embed``); its predictions appear as ``enc_outputs`` in training mode only.
+        box_refine: with a conditional decoder, each layer looks at (and offsets from) the box
+            centres of the layer before instead of the learned points.
     """
 
     def __init__(
