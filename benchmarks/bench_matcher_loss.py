@@ -55,8 +55,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     rows = []
-    for label, overrides in (("comparison (softmax CE)", {}), ("shapes-cpu loss (focal)", dict(focal_loss=True))):
-        cfg = get_config("detr-tiny", pretrained_backbone=False, num_classes=3, **overrides)
+    from detr_tutorial.recipes import RECIPES
+
+    shapes_cpu = RECIPES["shapes-cpu"]
+    settings = (
+        ("comparison (softmax CE)", "detr-tiny", {}),
+        ("focal loss only", "detr-tiny", dict(focal_loss=True)),
+        # the recipe's whole loss: focal, class-driven costs and the dense encoder loss
+        ("shapes-cpu recipe (+ encoder loss)", shapes_cpu.model, dict(shapes_cpu.model_overrides)),
+    )
+    for label, preset, overrides in settings:
+        overrides.setdefault("pretrained_backbone", False)
+        cfg = get_config(preset, num_classes=3, **overrides)
         model, criterion = build_model(cfg), build_criterion(cfg)
         data = build_dataset("shapes", "val", num_images=16)
         samples, targets = collate_fn([data[i] for i in range(16)])
