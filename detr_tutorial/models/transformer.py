@@ -340,6 +340,24 @@ class TransformerDecoder(nn.Module):
         self_attn_mask: Optional[Tensor] = None,
         reference: Optional[Tensor] = None,
         refine: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer)``; see :meth:`decode`."""
+        hs, weights, _ = self.decode(
+            tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, reference, refine
+        )
+        return hs, weights
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_key_padding_mask: Optional[Tensor],
+        pos: Optional[Tensor],
+        query_pos: Optional[Tensor],
+        need_weights: bool = False,
+        self_attn_mask: Optional[Tensor] = None,
+        reference: Optional[Tensor] = None,
+        refine: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> tuple[Tensor, list[Tensor], Optional[Tensor]]:
         """Returns ``(hs [L, B, Q, d], cross-attention weights per layer, references [L, B, Q, 2])``.
 
@@ -445,7 +463,7 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(b, -1, -1)  # [B, Q, d]
         tgt = torch.zeros_like(query_pos)
         memory, enc_w = self.encoder(src, key_padding_mask, pos, return_attention)
-        hs, dec_w, references = self.decoder(
+        hs, dec_w, references = self.decoder.decode(
             tgt, memory, key_padding_mask, pos, query_pos, return_attention, query_mask, reference, refine
         )
         out: dict[str, object] = {"hs": hs, "memory": memory.transpose(1, 2).reshape(b, c, h, w)}
