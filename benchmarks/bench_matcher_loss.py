@@ -14,28 +14,15 @@ The target is ``<= 0.8x`` the official time; the table gives the ratio ours / of
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import command_line, git_commit, machine_info, markdown_table, update_section  # noqa: E402
+from _results import command_line, git_commit, machine_info, markdown_table, median_ms, update_section  # noqa: E402
 
 OFFICIAL_MATCHER_MS = 1.9
 OFFICIAL_MATCHER_LOSS_MS = 9.0
-
-
-def _time(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -75,8 +62,8 @@ def main() -> None:
         last = {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}
         n_boxes = sum(len(t["labels"]) for t in targets)
         with torch.no_grad():
-            matcher_ms = _time(lambda: criterion.matcher(last, targets), a.repeats)
-            loss_ms = _time(lambda: criterion(out, targets), a.repeats)
+            matcher_ms = median_ms(lambda: criterion.matcher(last, targets), a.repeats)
+            loss_ms = median_ms(lambda: criterion(out, targets), a.repeats)
         rows.append([label, 16, n_boxes, round(matcher_ms, 3), f"{matcher_ms / OFFICIAL_MATCHER_MS:.2f}x",
                      round(loss_ms, 3), f"{loss_ms / OFFICIAL_MATCHER_LOSS_MS:.2f}x"])
     header = ["loss", "batch", "target boxes", "matcher ms", "ours/official (1.9 ms)",

@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reset-class-head", action="store_true",
                    help="with --init-from: replace the class head (checkpoint made for other classes)")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    t.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 needs CUDA)")
+    t.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
+                   help="mixed precision (fp16 needs CUDA; auto: bf16 where the device has it natively)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -52,6 +52,8 @@ class DETRConfig:
     reference_points: bool = False  # box centres as offsets from a point each query learns (Conditional DETR)
     conditional_spatial_query: bool = False  # Conditional DETR cross-attention (needs reference_points)
     box_refine: bool = False  # each decoder layer looks at the previous layer's box centres (needs conditional)
+    fine_features: bool = False  # the decoder also attends to the trunk's previous, 2x finer stage
+    two_stage: bool = False  # queries start from the encoder head's best boxes (needs encoder_aux_loss, conditional)
     encoder_aux_loss: bool = False  # training-only dense loss on the encoder cells near each object's centre
     encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
     encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
@@ -107,6 +109,15 @@ class DETRConfig:
             raise ValueError("conditional_spatial_query needs reference_points=True (its queries look near their points)")
         if self.box_refine and not self.conditional_spatial_query:
             raise ValueError("box_refine moves the conditional queries' reference points: set conditional_spatial_query=True")
+        if self.two_stage and not (self.encoder_aux_loss and self.conditional_spatial_query):
+            raise ValueError(
+                "two_stage takes its reference boxes from the encoder head and steers the conditional "
+                "cross-attention with them: set encoder_aux_loss=True and conditional_spatial_query=True"
+            )
+        if self.fine_features and self.dilation:
+            raise ValueError("fine_features reads the stage before a stride-2 last stage: not with dilation (DC5)")
+        if self.two_stage and self.query_groups != 1:
+            raise ValueError("two_stage picks one set of queries per image: query_groups must be 1")
         if self.conditional_spatial_query and self.pre_norm:
             raise ValueError("conditional_spatial_query is implemented for post-norm layers only (pre_norm=False)")
         if not 0.0 <= self.dropout < 1.0:

@@ -91,6 +91,23 @@ def test_bf16_autocast_on_the_cpu_trains_with_finite_losses():
     assert out["steps"] == 1 and math.isfinite(out["loss"])
 
 
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
+def test_amp_auto_uses_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native, expected):
+    from detr_tutorial import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    assert train_module.resolve_amp("auto", torch.device("cpu")) == expected
+    assert train_module.resolve_amp("fp16", torch.device("cpu")) == "fp16"  # explicit choices are kept
+
+
+def test_recipes_accept_amp_auto_and_refuse_unknown_precisions():
+    from detr_tutorial.recipes import get_recipe
+
+    assert get_recipe("shapes-cpu", amp="auto").amp == "auto"
+    with pytest.raises(ValueError, match="amp must be"):
+        get_recipe("shapes-cpu", amp="bf32")
+
+
 # ------------------------------------------------------------------ optimizer and schedule
 def test_backbone_has_its_own_learning_rate_and_frozen_parameters_are_left_out():
     model, _ = _tiny()

@@ -9,6 +9,7 @@ from PIL import Image
 
 import detr_tutorial as dt
 from detr_tutorial.models import PositionEmbeddingSine, Transformer
+from detr_tutorial.models.backbone import build_backbone
 from detr_tutorial.models.detr import DETR
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -352,3 +353,143 @@ def test_box_refinement_moves_each_layers_points_to_the_previous_layers_box_cent
 def test_box_refinement_needs_the_conditional_decoder():
     with pytest.raises(ValueError, match="conditional_spatial_query"):
         dt.build_model("detr-tiny", reference_points=True, box_refine=True)
+
+
+def _two_stage_model(**overrides) -> DETR:
+    return _conditional_model(encoder_aux_loss=True, two_stage=True, num_queries=6, **overrides)
+
+
+def _encoder_cells(model: DETR, images) -> dict:
+    """The dense encoder head's predictions for ``images``, computed from a hooked memory."""
+    seen = {}
+    hook = model.transformer.encoder.register_forward_hook(lambda m, i, o: seen.update(memory=o[0]))
+    from detr_tutorial.nested import to_nested
+
+    nested = to_nested(images)
+    try:
+        with torch.no_grad():
+            out = model(nested, return_attention=True)
+    finally:
+        hook.remove()
+    b, h, w = nested.mask.shape[0], *out["feature_shape"]
+    memory = seen["memory"].transpose(1, 2).reshape(b, -1, h, w)
+    with torch.no_grad():
+        mask = model.backbone(nested.tensors, nested.mask)[1]  # [B, h, w] padding cells
+        return {"out": out, **model._encoder_predictions(memory, mask)}
+
+
+def test_two_stage_queries_start_from_the_best_encoder_boxes():
+    """Two-stage: the references are the boxes of the Q highest-scoring memory cells, and a query
+    whose box offsets are zero predicts exactly its reference box."""
+    model = _two_stage_model().eval()
+    assert model.reference_points is None  # no learned points: the encoder chooses them
+    with torch.no_grad():
+        for layer in (model.bbox_embed.layers[-1],):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    cells = _encoder_cells(model, torch.randn(2, 3, 128, 128))
+    best = cells["pred_logits"].sigmoid().max(-1).values.topk(6, dim=1).indices  # [2, 6]
+    expected = torch.gather(cells["pred_boxes"], 1, best[..., None].expand(-1, -1, 4))
+    out = cells["out"]
+    torch.testing.assert_close(out["reference_points"][0], expected[..., :2])  # where layer 0 looks
+    torch.testing.assert_close(out["pred_boxes"], expected.clamp(1e-4, 1 - 1e-4))  # zero offsets: the proposal
+
+
+def test_two_stage_never_proposes_padding_cells():
+    """Padding cells are skipped even when they score highest; the rest go by score."""
+    model = _two_stage_model().eval()
+    scores = torch.tensor([[9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])  # [1, 10 cells]
+    padding = torch.zeros(1, 10, dtype=torch.bool)
+    padding[0, :3] = True  # the three best cells are padding
+    boxes = torch.linspace(0.05, 0.95, 10)[None, :, None].expand(1, 10, 4)  # cell i's box: all coords = i-th value
+    encoder_out = {"pred_logits": torch.stack([scores, scores - 1], dim=-1), "pred_boxes": boxes, "padding": padding}
+    chosen = model._proposals(encoder_out)  # [1, 6, 4]
+    torch.testing.assert_close(chosen, boxes[:, 3:9])
+
+
+def test_two_stage_trains_the_encoder_head_only_through_its_dense_loss():
+    model = _two_stage_model().train()
+    out = model(torch.randn(2, 3, 128, 128))
+    out["pred_boxes"].sum().backward()  # a loss on the decoder's boxes alone
+    assert model.enc_bbox_embed.layers[-1].weight.grad is None  # proposals are detached
+    assert model.bbox_embed.layers[-1].weight.grad is not None
+    assert out["enc_outputs"]["pred_boxes"].shape == (2, 16, 4)  # 4x4 cells at stride 32
+
+
+def test_two_stage_needs_as_many_cells_as_queries():
+    model = _two_stage_model().eval()
+    with pytest.raises(ValueError, match="only 4"):
+        model(torch.randn(1, 3, 64, 64))  # a 2x2 map at stride 32 for 6 queries
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(reference_points=True, conditional_spatial_query=True, two_stage=True), "encoder_aux_loss"),
+        (dict(encoder_aux_loss=True, two_stage=True), "conditional_spatial_query"),
+        (dict(reference_points=True, conditional_spatial_query=True, encoder_aux_loss=True, two_stage=True,
+              query_groups=2), "query_groups"),
+    ],
+)
+def test_two_stage_needs_the_encoder_head_and_the_conditional_decoder(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        dt.get_config("detr-tiny", **overrides)
+
+
+@pytest.mark.parametrize(
+    "backbone, stride, channels",
+    [("smallcnn", 16, 128), ("smallcnn", 8, 64), ("resnet18", 32, 256), ("resnet18", 16, 128)],
+)
+def test_fine_features_are_the_previous_stage_at_twice_the_resolution(backbone, stride, channels):
+    trunk = build_backbone(backbone, norm="bn", stride=stride, fine_features=True)
+    mask = torch.zeros(2, 128, 128, dtype=torch.bool)
+    mask[1, 64:] = True  # the second image is 64 rows high
+    features, coarse_mask, fine, fine_mask = trunk(torch.randn(2, 3, 128, 128), mask)
+    h = 128 // stride
+    assert features.shape[-2:] == (h, h) and fine.shape == (2, channels, 2 * h, 2 * h)
+    assert trunk.fine_channels == channels
+    assert fine_mask[1, h:].all() and not fine_mask[1, :h].any()  # padding shrinks with the map
+
+
+def test_decoder_attention_is_shared_between_the_memory_and_the_fine_map():
+    model = _conditional_model(backbone="smallcnn", backbone_norm="bn", backbone_stride=16, fine_features=True).eval()
+    with torch.no_grad():
+        out = model([torch.randn(3, 128, 128), torch.randn(3, 96, 128)], return_attention=True)
+        fast = model([torch.randn(3, 128, 128)])
+    assert out["feature_shape"] == (8, 8) and out["fine_shape"] == (16, 16)
+    assert out["dec_attn"].shape[-1] == 64 and out["dec_attn_fine"].shape[-1] == 256
+    total = out["dec_attn"].sum(-1) + out["dec_attn_fine"].sum(-1)  # [L, B, heads, Q]
+    torch.testing.assert_close(total, torch.ones_like(total))
+    assert out["dec_attn_fine"][:, 1, ..., 12 * 16 :].abs().max() == 0  # the padded rows of image 2
+    assert fast["pred_boxes"].shape == (1, 20, 4)
+
+
+def test_fine_features_need_a_backbone_that_returns_them():
+    backbone = build_backbone("resnet18", stride=32)
+    with pytest.raises(ValueError, match="fine_features=True"):
+        DETR(backbone, PositionEmbeddingSine(64), Transformer(d_model=128), num_classes=3, num_queries=5, fine_features=True)
+    with pytest.raises(ValueError, match="dilation"):
+        dt.get_config("detr-r50", fine_features=True, dilation=True)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_under_cpu_autocast_matches_float32(masked):
+    """Under bfloat16 autocast on the CPU attention takes the explicit path (SDPA's fused kernel is
+    several times slower there); it must give the float32 result to bfloat16 precision, gradients
+    included."""
+    from detr_tutorial.models.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    attn = MultiheadAttention(64, 8)
+    q, kv = torch.randn(4, 20, 64, requires_grad=True), torch.randn(4, 50, 64)
+    padding = torch.zeros(4, 50, dtype=torch.bool)
+    if masked:
+        padding[1, 30:] = True
+    reference, _ = attn(q, kv, kv, padding if masked else None)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), q)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, weights = attn(q, kv, kv, padding if masked else None)
+    assert out.dtype == torch.bfloat16 and weights is None
+    (grad,) = torch.autograd.grad(out.float().square().sum(), q)
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(grad, grad_reference, atol=5e-2, rtol=5e-2)

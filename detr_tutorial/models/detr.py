@@ -47,6 +47,19 @@ class DETR(nn.Module):
             ``enc_bbox_embed``); its predictions appear as ``enc_outputs`` in training mode only.
         box_refine: with a conditional decoder, each layer looks at (and offsets from) the box
             centres of the layer before instead of the learned points.
+        two_stage: Deformable DETR's two-stage variant, with DINO's "mixed" queries: the dense
+            encoder head (``encoder_aux`` is required) scores every memory cell, and the
+            ``num_queries`` best cells' boxes (detached) become the queries' reference *boxes*;
+            each query predicts its box as an offset from its reference box (centre and size,
+            in logit space) and looks near its centre. The content queries stay learned
+            (``query_embed``). The encoder head is then used at inference too; the output is still
+            one set of ``num_queries`` predictions matched one-to-one, with no NMS.
+        fine_features: the decoder's cross-attention also reads the trunk's previous stage (twice
+            the resolution; the backbone must be built with ``fine_features=True``), projected
+            by ``fine_proj`` and told apart by a learned ``fine_level_embed`` added to its
+            positions. The encoder still works on the coarse map; the decoder gets the detail
+            that tight boxes need (the idea of Deformable DETR's multi-scale features, with plain
+            attention).
     """
 
     def __init__(
@@ -62,6 +75,8 @@ class DETR(nn.Module):
         reference_points: bool = False,
         encoder_aux: bool = False,
         box_refine: bool = False,
+        two_stage: bool = False,
+        fine_features: bool = False,
     ) -> None:
         super().__init__()
         hidden_dim = transformer.d_model
@@ -69,6 +84,12 @@ class DETR(nn.Module):
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.transformer = transformer
+        self.fine_proj = self.fine_level_embed = None
+        if fine_features:
+            if not getattr(backbone, "fine_features", False):
+                raise ValueError("fine_features needs a backbone built with fine_features=True")
+            self.fine_proj = nn.Conv2d(backbone.fine_channels, hidden_dim, kernel_size=1)
+            self.fine_level_embed = nn.Parameter(torch.zeros(hidden_dim))
         if query_groups < 1:
             raise ValueError(f"query_groups must be >= 1, got {query_groups}")
         self.query_embed = nn.Embedding(num_queries * query_groups, hidden_dim)  # group g: rows g*Q..(g+1)*Q-1
@@ -76,7 +97,9 @@ class DETR(nn.Module):
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         # Conditional DETR's reference points: each query's own point s = sigmoid(MLP(query)) in
         # [0, 1]^2; the box centre is predicted as an offset from it (in logit space)
-        self.reference_points = MLP(hidden_dim, hidden_dim, 2, 2) if reference_points else None
+        if two_stage and not (encoder_aux and transformer.decoder.conditional and query_groups == 1):
+            raise ValueError("two_stage needs the encoder head (encoder_aux), a conditional decoder and one query group")
+        self.reference_points = MLP(hidden_dim, hidden_dim, 2, 2) if reference_points and not two_stage else None
         # A training-only dense head on the encoder memory (one-to-many supervision of every cell
         # near an object's centre, as Co-DETR's auxiliary heads); inference never uses it.
         self.enc_class_embed = nn.Linear(hidden_dim, num_classes) if encoder_aux else None
@@ -86,6 +109,7 @@ class DETR(nn.Module):
         self.aux_loss = aux_loss
         self.query_groups = query_groups
         self.box_refine = box_refine
+        self.two_stage = two_stage
         self.config = config
 
     def _queries(self) -> tuple[Tensor, Optional[Tensor], int]:
@@ -112,25 +136,43 @@ class DETR(nn.Module):
         ``dec_attn [L_dec, B, heads, Q, hw]`` and ``feature_shape (h, w)``.
         """
         nested = to_nested(samples)
-        features, mask = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
+        features, mask, *finer = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
         pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
         src = self.input_proj(features)  # [B, d, h, w]
+        fine = None
+        if self.fine_proj is not None:
+            fine_features, fine_mask = finer  # [B, C', h', w'], [B, h', w']
+            fine_pos = self.position_embedding(fine_mask).to(fine_features.dtype)  # [B, d, h', w']
+            fine_pos = fine_pos + self.fine_level_embed.to(fine_pos.dtype)[None, :, None, None]
+            fine = (self.fine_proj(fine_features), fine_mask, fine_pos)
         queries, query_mask, groups = self._queries()  # [G*Q, d]
         ref = None
         if self.reference_points is not None:
             ref = self.reference_points(queries).sigmoid().clamp(1e-4, 1 - 1e-4)  # [G*Q, 2] as (x, y)
+        encoder_out: dict[str, Tensor] = {}
+        if self.two_stage:
+
+            def choose(memory: Tensor, key_padding_mask: Tensor) -> Tensor:  # memory [B, hw, d]
+                b, d, h, w = src.shape
+                encoder_out.update(self._encoder_predictions(memory.transpose(1, 2).reshape(b, d, h, w), mask))
+                return self._proposals(encoder_out)  # [B, Q, 4] reference boxes
+
+            ref = choose
         t = self.transformer(
             src, mask, queries, pos, return_attention=return_attention, query_mask=query_mask, reference=ref,
-            refine=self.bbox_embed if self.box_refine else None,
+            refine=self._box_head if self.box_refine else None, fine=fine,
         )
         hs = t["hs"]  # [L_dec, B, G*Q, d]
-        outputs_class = self.class_embed(hs)  # [L_dec, B, Q, C+1]
-        box_logits = self.bbox_embed(hs)  # [L_dec, B, G*Q, 4]
+        with _full_precision(hs):
+            outputs_class = self.class_embed(hs.to(self.class_embed.weight.dtype))  # [L_dec, B, Q, C+1]
+        box_logits = self._box_head(hs)  # [L_dec, B, G*Q, 4]
         if ref is not None:
             # each layer's centres are offsets from the points its queries looked at: the learned
             # reference points, or with box refinement the previous layer's centres
-            layer_refs = t["references"] if "references" in t else ref  # [L_dec, B, G*Q, 2] or [G*Q, 2]
-            box_logits = torch.cat([box_logits[..., :2] + torch.logit(layer_refs), box_logits[..., 2:]], dim=-1)
+            layer_refs = t["references"] if "references" in t else ref  # [L_dec, B, G*Q, 2 or 4] or [G*Q, 2]
+            r = layer_refs.shape[-1]  # 2: centres offset from points; 4: whole boxes from proposals
+            anchor = torch.logit(layer_refs.to(box_logits.dtype))
+            box_logits = torch.cat([box_logits[..., :r] + anchor, box_logits[..., r:]], dim=-1)
         outputs_coord = box_logits.sigmoid()  # [L_dec, B, G*Q, 4]
         out: dict[str, Any] = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
@@ -140,14 +182,23 @@ class DETR(nn.Module):
         if groups > 1:
             out["query_groups"] = groups
         if self.enc_class_embed is not None and self.training:
-            out["enc_outputs"] = self._encoder_predictions(t["memory"], mask)
+            out["enc_outputs"] = encoder_out or self._encoder_predictions(t["memory"], mask)
         if return_attention:
             if "references" in t:
-                out["reference_points"] = t["references"]  # [L_dec, B, Q, 2] (x, y): where each layer looked
+                out["reference_points"] = t["references"][..., :2]  # [L_dec, B, Q, 2] (x, y): where each layer looked
             out["enc_attn"] = t["enc_attn"]
             out["dec_attn"] = t["dec_attn"]
             out["feature_shape"] = (int(features.shape[-2]), int(features.shape[-1]))
+            if fine is not None:
+                out["dec_attn_fine"] = t["dec_attn_fine"]  # [L_dec, B, heads, Q, h'w']
+                out["fine_shape"] = (int(fine[0].shape[-2]), int(fine[0].shape[-1]))
         return out
+
+    def _box_head(self, hs: Tensor) -> Tensor:
+        """``bbox_embed`` in float32 even under autocast: its outputs are sub-pixel coordinates
+        (bfloat16 keeps 8 bits of mantissa, ~0.4%: a pixel of error on a 12 px object)."""
+        with _full_precision(hs):
+            return self.bbox_embed(hs.to(self.bbox_embed.layers[0].weight.dtype))
 
     def _encoder_predictions(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The dense head on every memory cell: class logits and a box around the cell's centre.
@@ -156,7 +207,7 @@ class DETR(nn.Module):
         get centres beyond 1 and are masked out of the loss).
         """
         b, d, h, w = memory.shape
-        cells = memory.flatten(2).transpose(1, 2)  # [B, hw, d]
+        cells = memory.flatten(2).transpose(1, 2).to(self.enc_class_embed.weight.dtype)  # [B, hw, d]
         valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype)  # [B] rows of the image itself
         valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype)  # [B]
         ys, xs = torch.meshgrid(
@@ -167,17 +218,36 @@ class DETR(nn.Module):
         centres = torch.stack(
             [xs.flatten()[None] / valid_w[:, None], ys.flatten()[None] / valid_h[:, None]], dim=-1
         )  # [B, hw, 2] as (x, y)
-        offsets = self.enc_bbox_embed(cells)  # [B, hw, 4]
+        with _full_precision(cells):  # float32 heads, as for the decoder's boxes
+            offsets = self.enc_bbox_embed(cells)  # [B, hw, 4]
+            logits = self.enc_class_embed(cells)  # [B, hw, C]
         anchor = torch.logit(centres.clamp(1e-4, 1 - 1e-4))
         boxes = torch.cat([offsets[..., :2] + anchor, offsets[..., 2:]], dim=-1).sigmoid()
         cell_size = torch.stack([1.0 / valid_w, 1.0 / valid_h], dim=-1)  # [B, 2]
         return {
-            "pred_logits": self.enc_class_embed(cells),  # [B, hw, C] (sigmoid scores, no "no object")
+            "pred_logits": logits,  # [B, hw, C] (sigmoid scores, no "no object")
             "pred_boxes": boxes,  # [B, hw, 4] normalized cxcywh
             "centres": centres,
             "cell_size": cell_size,
             "padding": mask.flatten(1),  # [B, hw]
         }
+
+    def _proposals(self, encoder_out: dict[str, Tensor]) -> Tensor:
+        """Two-stage: the boxes of the ``num_queries`` highest-scoring memory cells ``[B, Q, 4]``.
+
+        A cell's score is its best class probability; padding cells are never chosen. The boxes
+        are detached: the decoder refines them, the dense loss alone trains the encoder head.
+        """
+        logits, boxes = encoder_out["pred_logits"], encoder_out["pred_boxes"]  # [B, hw, C], [B, hw, 4]
+        if logits.shape[1] < self.num_queries:
+            raise ValueError(
+                f"two-stage DETR picks its {self.num_queries} queries among the feature map's cells, but this "
+                f"batch's map has only {logits.shape[1]}: use larger images or fewer queries"
+            )
+        scores = logits.detach().max(-1).values.masked_fill(encoder_out["padding"], float("-inf"))  # [B, hw]
+        top = scores.topk(self.num_queries, dim=1).indices  # [B, Q]
+        chosen = torch.gather(boxes.detach(), 1, top[..., None].expand(-1, -1, 4))  # [B, Q, 4]
+        return chosen.clamp(1e-4, 1 - 1e-4)
 
     def reset_class_head(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
         """Replace ``class_embed`` by a fresh head for ``num_classes`` real classes (+ "no object").
@@ -200,6 +270,11 @@ class DETR(nn.Module):
                 num_classes=num_classes, class_names=list(class_names) if class_names else None
             )
             _init_class_prior(self, self.config)
+
+
+def _full_precision(x: Tensor):
+    """Switch autocast off (the prediction heads run in float32 whatever the trunk runs in)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class PostProcess(nn.Module):
@@ -249,6 +324,7 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
         freeze_stem=cfg.freeze_stem,
         dilation=cfg.dilation,
         stride=cfg.backbone_stride,
+        fine_features=cfg.fine_features,
     )
     transformer = Transformer(
         d_model=cfg.hidden_dim,
@@ -265,7 +341,8 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
     model = DETR(
         backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss,
         config=cfg, query_groups=cfg.query_groups, reference_points=cfg.reference_points,
-        encoder_aux=cfg.encoder_aux_loss, box_refine=cfg.box_refine,
+        encoder_aux=cfg.encoder_aux_loss, box_refine=cfg.box_refine, two_stage=cfg.two_stage,
+        fine_features=cfg.fine_features,
     )
     _init_class_prior(model, cfg)
     return model

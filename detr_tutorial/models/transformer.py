@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -98,12 +98,17 @@ class MultiheadAttention(nn.Module):
         if attn_mask is not None:
             pairs = attn_mask[None, None]
             blocked = pairs if blocked is None else blocked | pairs
-        if need_weights:
+        # The explicit path returns the weights; it is also the fast one for bfloat16/float16 on the
+        # CPU, where SDPA's fused kernel is several times slower (its backward above all) for
+        # DETR's short sequences (benchmarks/RESULTS.md, "attention under CPU autocast").
+        if need_weights or (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)):
             scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # [B, heads, Lq, Lk]
             if blocked is not None:
                 scores = scores.masked_fill(blocked, float("-inf"))
             weights = scores.softmax(dim=-1)
             out = F.dropout(weights, dropout_p, training=self.training) @ v
+            if not need_weights:
+                weights = None
         else:
             keep = None if blocked is None else ~blocked  # SDPA: True = take part
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
@@ -359,32 +364,42 @@ class TransformerDecoder(nn.Module):
         reference: Optional[Tensor] = None,
         refine: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> tuple[Tensor, list[Tensor], Optional[Tensor]]:
-        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer, references [L, B, Q, 2])``.
+        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer, references [L, B, Q, 2 or 4])``.
 
-        ``reference [Q, 2]``: the queries' reference points ``(x, y)`` in ``[0, 1]``; required by a
-        conditional decoder, ignored otherwise. ``refine`` (the box head, ``[B, Q, d] -> [B, Q, 4]``
-        logits): after each layer the reference moves to that layer's predicted box centre
-        (detached, as in Deformable DETR's box refinement), so the next layer looks there.
+        ``reference``: the queries' reference points ``(x, y)`` in ``[0, 1]``, shared by every image
+        (``[Q, 2]``) or per image (``[B, Q, 2]``), or per-image reference *boxes* ``[B, Q, 4]``
+        (``cx, cy, w, h``; two-stage proposals); required by a conditional decoder, ignored
+        otherwise. The cross-attention looks at the ``(x, y)`` part. ``refine`` (the box head,
+        ``[B, Q, d] -> [B, Q, 4]`` logits): after each layer the reference moves to that layer's
+        predicted centre (or box), detached as in Deformable DETR's box refinement, so the next
+        layer looks there.
         """
         intermediate, weights, references = [], [], []
         ref = None
         if self.conditional:
             if reference is None:
                 raise ValueError("a conditional decoder needs the queries' reference points")
-            ref = reference[None].expand(tgt.shape[0], -1, -1)  # [B, Q, 2]
+            if reference.dim() == 2:
+                reference = reference[None].expand(tgt.shape[0], -1, -1)
+            if reference.dim() != 3 or reference.shape[:2] != tgt.shape[:2] or reference.shape[-1] not in (2, 4):
+                raise ValueError(
+                    f"reference must be [Q, 2], [B, Q, 2] or [B, Q, 4] for B, Q = {tuple(tgt.shape[:2])}, "
+                    f"got {list(reference.shape)}"
+                )
+            ref = reference  # [B, Q, 2 or 4]
         for i, layer in enumerate(self.layers):
             query_sine = None
             if ref is not None:
                 references.append(ref)
-                point_code = sine_embed_points(ref, tgt.shape[-1])  # [B, Q, d]
+                point_code = sine_embed_points(ref[..., :2], tgt.shape[-1])  # [B, Q, d]
                 query_sine = point_code if i == 0 else point_code * self.query_scale(tgt)
             tgt, w = layer(
                 tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, i == 0
             )
             intermediate.append(self.norm(tgt))
             if refine is not None and ref is not None:
-                centre = refine(intermediate[-1])[..., :2] + torch.logit(ref)
-                ref = centre.sigmoid().clamp(1e-4, 1 - 1e-4).detach()
+                moved = refine(intermediate[-1])[..., : ref.shape[-1]] + torch.logit(ref)
+                ref = moved.sigmoid().clamp(1e-4, 1 - 1e-4).detach()
             if need_weights:
                 weights.append(w)
         return torch.stack(intermediate), weights, (torch.stack(references) if references else None)
@@ -433,8 +448,9 @@ class Transformer(nn.Module):
         pos_embed: Tensor,
         return_attention: bool = False,
         query_mask: Optional[Tensor] = None,
-        reference: Optional[Tensor] = None,
+        reference: Union[None, Tensor, Callable[[Tensor, Tensor], Tensor]] = None,
         refine: Optional[Callable[[Tensor], Tensor]] = None,
+        fine: Optional[tuple[Tensor, Tensor, Tensor]] = None,
     ) -> dict[str, object]:
         """Run encoder and decoder.
 
@@ -445,12 +461,20 @@ class Transformer(nn.Module):
             pos_embed: positional encoding ``[B, d, h, w]``.
             query_mask: ``[Q, Q]``, True where query ``i`` may not attend to query ``j`` in the
                 decoder's self-attention (``None``: all queries see each other, as in DETR).
-            reference: ``[Q, 2]`` reference points of the queries (conditional decoder only).
+            reference: reference points of the queries, ``[Q, 2]`` or ``[B, Q, 2]``, or boxes
+                ``[B, Q, 4]`` (conditional decoder only); or a function ``(memory [B, hw, d],
+                key_padding_mask [B, hw]) -> [B, Q, 2 or 4]`` that chooses them from the encoder's
+                output (two-stage).
+            fine: ``(src [B, d, h', w'], mask [B, h', w'], pos [B, d, h', w'])``, a finer feature
+                map that the decoder's cross-attention reads besides the encoder's memory (it does
+                not go through the encoder: attention over its many cells would cost quadratically).
             refine: the box head, to move each layer's reference points to the previous layer's
                 box centres (conditional decoder only).
 
         Returns a dict with ``hs [L_dec, B, Q, d]``, ``memory [B, d, h, w]`` and, when asked,
-        ``enc_attn [L_enc, B, heads, hw, hw]`` and ``dec_attn [L_dec, B, heads, Q, hw]``.
+        ``enc_attn [L_enc, B, heads, hw, hw]`` and ``dec_attn [L_dec, B, heads, Q, hw]`` (with
+        ``fine``, also ``dec_attn_fine [L_dec, B, heads, Q, h'w']``: each query's attention is
+        shared between the two maps).
         """
         b, c, h, w = src.shape
         src = src.flatten(2).transpose(1, 2)  # [B, hw, d]
@@ -463,13 +487,28 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(b, -1, -1)  # [B, Q, d]
         tgt = torch.zeros_like(query_pos)
         memory, enc_w = self.encoder(src, key_padding_mask, pos, return_attention)
+        if callable(reference):
+            reference = reference(memory, key_padding_mask)  # [B, Q, 2 or 4], chosen from the memory
+        dec_memory, dec_pos, dec_mask = memory, pos, key_padding_mask
+        if fine is not None:
+            fine_src, fine_mask, fine_pos = fine
+            fine_src = fine_src.flatten(2).transpose(1, 2)  # [B, h'w', d]
+            fine_pos = fine_pos.flatten(2).transpose(1, 2).to(fine_src.dtype)  # [B, h'w', d]
+            if self.position_at_input:
+                fine_src = fine_src + fine_pos
+            dec_memory = torch.cat([memory, fine_src], dim=1)  # [B, hw + h'w', d]
+            dec_pos = torch.cat([pos, fine_pos], dim=1)
+            dec_mask = torch.cat([key_padding_mask, fine_mask.flatten(1)], dim=1)
         hs, dec_w, references = self.decoder.decode(
-            tgt, memory, key_padding_mask, pos, query_pos, return_attention, query_mask, reference, refine
+            tgt, dec_memory, dec_mask, dec_pos, query_pos, return_attention, query_mask, reference, refine
         )
         out: dict[str, object] = {"hs": hs, "memory": memory.transpose(1, 2).reshape(b, c, h, w)}
         if references is not None:
-            out["references"] = references  # [L_dec, B, Q, 2]: where each layer's queries looked
+            out["references"] = references  # [L_dec, B, Q, 2 or 4]: where each layer's queries looked
         if return_attention:
             out["enc_attn"] = torch.stack(enc_w) if enc_w else src.new_zeros((0, b, self.nhead, h * w, h * w))
-            out["dec_attn"] = torch.stack(dec_w)
+            dec_attn = torch.stack(dec_w)  # [L_dec, B, heads, Q, hw (+ h'w')]
+            out["dec_attn"] = dec_attn[..., : h * w]
+            if fine is not None:
+                out["dec_attn_fine"] = dec_attn[..., h * w :]
         return out
