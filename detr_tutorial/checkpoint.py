@@ -208,7 +208,7 @@ def load_model_weights(
             )
     if reset_class_head:
         prefix = head_key.rsplit("weight", 1)[0] if head_key else "class_embed."
-        # the class heads: class_embed, and the training-only encoder head's enc_class_embed
+        # the class heads: class_embed, and the dense encoder head's enc_class_embed
         heads = (prefix, prefix[: -len("class_embed.")] + "enc_class_embed.")
         state = {k: v for k, v in state.items() if not k.startswith(heads)}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -54,7 +54,7 @@ class DETRConfig:
     box_refine: bool = False  # each decoder layer looks at the previous layer's box centres (needs conditional)
     fine_features: bool = False  # the decoder also attends to the trunk's previous, 2x finer stage
     two_stage: bool = False  # queries start from the encoder head's best boxes (needs encoder_aux_loss, conditional)
-    encoder_aux_loss: bool = False  # training-only dense loss on the encoder cells near each object's centre
+    encoder_aux_loss: bool = False  # dense loss on the encoder cells near each object's centre (a training-only head unless two_stage)
     encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
     encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)

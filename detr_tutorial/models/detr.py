@@ -43,8 +43,9 @@ class DETR(nn.Module):
         reference_points: Conditional DETR: each query learns a point ``sigmoid(MLP(query))`` and
             predicts its box centre as an offset from it (in logit space). With a conditional
             decoder (``Transformer(conditional=True)``) the point also steers the cross-attention.
-        encoder_aux: add the training-only dense head on the encoder cells (``enc_class_embed``,
-            ``enc_bbox_embed``); its predictions appear as ``enc_outputs`` in training mode only.
+        encoder_aux: add the dense head on the encoder cells (``enc_class_embed``,
+            ``enc_bbox_embed``); its predictions appear as ``enc_outputs`` in training mode only
+            (with ``two_stage`` it also picks the proposals at inference).
         box_refine: with a conditional decoder, each layer looks at (and offsets from) the box
             centres of the layer before instead of the learned points.
         two_stage: Deformable DETR's two-stage variant, with DINO's "mixed" queries: the dense
@@ -100,8 +101,9 @@ class DETR(nn.Module):
         if two_stage and not (encoder_aux and transformer.decoder.conditional and query_groups == 1):
             raise ValueError("two_stage needs the encoder head (encoder_aux), a conditional decoder and one query group")
         self.reference_points = MLP(hidden_dim, hidden_dim, 2, 2) if reference_points and not two_stage else None
-        # A training-only dense head on the encoder memory (one-to-many supervision of every cell
-        # near an object's centre, as Co-DETR's auxiliary heads); inference never uses it.
+        # A dense head on the encoder memory (one-to-many supervision of every cell
+        # near an object's centre, as Co-DETR's auxiliary heads); inference uses it only to pick
+        # the two-stage proposals.
         self.enc_class_embed = nn.Linear(hidden_dim, num_classes) if encoder_aux else None
         self.enc_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3) if encoder_aux else None
         self.num_classes = num_classes
@@ -261,7 +263,7 @@ class DETR(nn.Module):
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         old = self.class_embed
         self.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
-        if self.enc_class_embed is not None:  # the training-only encoder head predicts the classes too
+        if self.enc_class_embed is not None:  # the dense encoder head predicts the classes too
             enc = self.enc_class_embed
             self.enc_class_embed = nn.Linear(enc.in_features, num_classes).to(enc.weight.device, enc.weight.dtype)
         self.num_classes = num_classes
