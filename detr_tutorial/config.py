@@ -55,6 +55,7 @@ class DETRConfig:
     fine_features: bool = False  # the decoder also attends to the trunk's previous, 2x finer stage
     two_stage: bool = False  # queries start from the encoder head's best boxes (needs encoder_aux_loss, conditional)
     encoder_aux_loss: bool = False  # dense loss on the encoder cells near each object's centre (a training-only head unless two_stage)
+    encoder_cell_units: bool = False  # the encoder head's box sizes are relative to its cell's (exact centres too)
     encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
     encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
@@ -116,6 +117,8 @@ class DETRConfig:
             )
         if self.fine_features and self.dilation:
             raise ValueError("fine_features reads the stage before a stride-2 last stage: not with dilation (DC5)")
+        if self.encoder_cell_units and not self.encoder_aux_loss:
+            raise ValueError("encoder_cell_units shapes the encoder head's boxes: set encoder_aux_loss=True")
         if self.two_stage and self.query_groups != 1:
             raise ValueError("two_stage picks one set of queries per image: query_groups must be 1")
         if self.conditional_spatial_query and self.pre_norm:

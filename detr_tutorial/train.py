@@ -167,21 +167,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# dataset_options that size the preset augmentation (``make_transforms``) instead of going to the data set
+TRANSFORM_OPTIONS = ("scales", "max_size", "val_size", "crop")
+
+
 def build_datasets(recipe: Recipe, data_dir: Optional[str] = None) -> tuple[Dataset, Dataset]:
-    """The recipe's training and validation sets (training with augmentation)."""
+    """The recipe's training and validation sets (training with augmentation).
+
+    ``recipe.dataset_options`` go to the data set builder, ``train_``/``val_``-prefixed ones to
+    that split only; :data:`TRANSFORM_OPTIONS` (``scales``, ``max_size``, ``val_size``, ``crop``)
+    resize the preset augmentation instead, e.g. ``{"train_scales": [128]}``.
+    """
     from .data import build_dataset
+    from .data.transforms import make_transforms
 
     root = data_dir if data_dir is not None else recipe.data_dir
     options = dict(recipe.dataset_options)
     train_options = {k[len("train_"):]: v for k, v in options.items() if k.startswith("train_")}
     val_options = {k[len("val_"):]: v for k, v in options.items() if k.startswith("val_")}
     common = {k: v for k, v in options.items() if not k.startswith(("train_", "val_"))}
-    try:
-        train_set = build_dataset(recipe.dataset, "train", root=root, **common, **train_options)
-        val_set = build_dataset(recipe.dataset, "val", root=root, **common, **val_options)
-    except TypeError as e:  # an option the data set does not take: a user error, not a bug
-        raise ValueError(f"bad data set option for {recipe.dataset!r}: {e}") from e
-    return train_set, val_set
+    sets = []
+    for split, own in (("train", train_options), ("val", val_options)):
+        kwargs = {**common, **own}
+        sizes = {k: kwargs.pop(k) for k in TRANSFORM_OPTIONS if k in kwargs}
+        if sizes:  # the preset's augmentation with other sizes (see make_transforms)
+            if isinstance(sizes.get("scales"), int):
+                sizes["scales"] = [sizes["scales"]]
+            scales = sizes.get("scales")
+            if scales is not None and not (
+                isinstance(scales, (list, tuple)) and scales and all(isinstance(v, int) and v > 0 for v in scales)
+            ):
+                raise ValueError(f"{split} scales must be a positive int or a list of them, got {scales!r}")
+            try:
+                kwargs["transforms"] = make_transforms(split, recipe.dataset, **sizes)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"bad transform option for {recipe.dataset!r} ({split}): {e}") from e
+        try:
+            sets.append(build_dataset(recipe.dataset, split, root=root, **kwargs))
+        except TypeError as e:  # an option the data set does not take: a user error, not a bug
+            raise ValueError(f"bad data set option for {recipe.dataset!r}: {e}") from e
+    return sets[0], sets[1]
 
 
 def _collate() -> Callable:

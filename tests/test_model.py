@@ -375,7 +375,7 @@ def _encoder_cells(model: DETR, images) -> dict:
     memory = seen["memory"].transpose(1, 2).reshape(b, -1, h, w)
     with torch.no_grad():
         mask = model.backbone(nested.tensors, nested.mask)[1]  # [B, h, w] padding cells
-        return {"out": out, **model._encoder_predictions(memory, mask)}
+        return {"out": out, **model._encoder_predictions(memory, mask, nested.mask)}
 
 
 def test_two_stage_queries_start_from_the_best_encoder_boxes():
@@ -434,6 +434,47 @@ def test_two_stage_needs_as_many_cells_as_queries():
 def test_two_stage_needs_the_encoder_head_and_the_conditional_decoder(overrides, match):
     with pytest.raises(ValueError, match=match):
         dt.get_config("detr-tiny", **overrides)
+
+
+def _cell_units_model() -> DETR:
+    model = _two_stage_model(encoder_cell_units=True).eval()
+    with torch.no_grad():  # zero offsets: every cell predicts a cell-sized box on itself
+        model.enc_bbox_embed.layers[-1].weight.zero_()
+        model.enc_bbox_embed.layers[-1].bias.zero_()
+    return model
+
+
+def test_cell_units_make_a_zero_offset_a_cell_sized_box_at_the_cells_exact_centre():
+    """With ``encoder_cell_units`` the dense head states sizes relative to its cell: at zero
+    offsets each cell's box is one cell (stride 32 px) wide and high, centred on the cell, in
+    each image's own normalized coordinates, also for a 96x80 image padded into a 128x128
+    batch (3 x 2.5 cells of image: the last row of cells is half image, half padding)."""
+    model = _cell_units_model()
+    cells = _encoder_cells(model, [torch.randn(3, 128, 128), torch.randn(3, 80, 96)])
+    boxes = cells["pred_boxes"].reshape(2, 4, 4, 4)  # [B, rows, cols, (cx, cy, w, h)]
+    for i, (height, width) in enumerate([(128, 128), (80, 96)]):
+        rows, cols = min(4, -(-height // 32)), min(4, -(-width // 32))
+        centre_x = ((torch.arange(cols) + 0.5) * 32 / width).clamp(1e-4, 1 - 1e-4)  # 1.0 is on the edge
+        centre_y = ((torch.arange(rows) + 0.5) * 32 / height).clamp(1e-4, 1 - 1e-4)
+        torch.testing.assert_close(boxes[i, 0, :cols, 0], centre_x)
+        torch.testing.assert_close(boxes[i, :rows, 0, 1], centre_y)
+        torch.testing.assert_close(boxes[i, :rows, :cols, 2], torch.full((rows, cols), 32 / width))
+        torch.testing.assert_close(boxes[i, :rows, :cols, 3], torch.full((rows, cols), 32 / height))
+
+
+def test_without_cell_units_sizes_are_fractions_of_the_image():
+    """The default head (kept for the checkpoints trained with it): a zero offset is half the image."""
+    model = _two_stage_model().eval()
+    with torch.no_grad():
+        model.enc_bbox_embed.layers[-1].weight.zero_()
+        model.enc_bbox_embed.layers[-1].bias.zero_()
+    cells = _encoder_cells(model, torch.randn(1, 3, 128, 128))
+    torch.testing.assert_close(cells["pred_boxes"][..., 2:], torch.full((1, 16, 2), 0.5))
+
+
+def test_cell_units_need_the_encoder_head():
+    with pytest.raises(ValueError, match="encoder_aux_loss"):
+        dt.get_config("detr-tiny", encoder_cell_units=True)
 
 
 @pytest.mark.parametrize(

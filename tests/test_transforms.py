@@ -231,3 +231,35 @@ def test_dataset_rejects_transforms_that_are_not_callable():
 
     with pytest.raises(TypeError, match="callable"):
         ShapesDataset("val", num_images=1, transforms="flip")
+
+
+def test_recipe_dataset_options_size_the_preset_augmentation():
+    """``dataset_options`` named like make_transforms' sizes resize the preset (per split with a
+    ``train_``/``val_`` prefix); the other options still reach the data set."""
+    import dataclasses
+
+    from detr_tutorial.recipes import get_recipe
+    from detr_tutorial.train import build_datasets
+
+    recipe = dataclasses.replace(
+        get_recipe("shapes-cpu"), dataset_options={"train_scales": 96, "val_val_size": 80, "num_images": 4}
+    )
+    train_set, val_set = build_datasets(recipe)
+    assert len(train_set) == len(val_set) == 4
+    assert {tuple(train_set[i][0].shape[-2:]) for i in range(4)} == {(96, 96)}
+    assert tuple(val_set[0][0].shape[-2:]) == (80, 80)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"train_scales": "big"}, "train scales must be a positive int"),
+    ({"scales": [128, 0]}, "scales must be a positive int"),
+    ({"train_colour": 1}, "bad data set option"),
+])  # fmt: skip
+def test_recipe_dataset_options_reject_bad_values(options, match):
+    import dataclasses
+
+    from detr_tutorial.recipes import get_recipe
+    from detr_tutorial.train import build_datasets
+
+    with pytest.raises(ValueError, match=match):
+        build_datasets(dataclasses.replace(get_recipe("shapes-cpu"), dataset_options=options))
