@@ -213,10 +213,11 @@ SHAPES_CPU_NOTES: dict[str, str] = {
         "selection). The queries now start on the objects of *this* image, so they cannot settle "
         "on fixed slot boxes, and the decoder's work is to decide which proposal is the object "
         "and to tighten it (in the shipped model it only does the first: its box head has stopped "
-        "correcting the proposals - 1 of its 128 hidden units is still active - so the boxes are the "
-        "encoder head's; zero-initializing the head's last layer did not prevent that). It is still DETR: one set of 20 predictions, one-to-one Hungarian "
-        "matching, no anchors, no NMS (duplicate proposals are what the set loss trains the "
-        "decoder to suppress). At 600 steps: mAP 0.368 -> 0.400 (two-stage) -> 0.406 (with "
+        "correcting the proposals - none of its 128 hidden units is active - so the boxes are the "
+        "encoder head's; zero-initializing the head's last layer, a lower rate for it or another "
+        "activation did not change that). It is still DETR: one set of 20 predictions, one-to-one "
+        "Hungarian matching, no anchors, no NMS (duplicate proposals are what the set loss trains "
+        "the decoder to suppress). At 600 steps: mAP 0.368 -> 0.400 (two-stage) -> 0.406 (with "
         "refinement)."
     ),
     "sigmoid focal classification with a prior": (

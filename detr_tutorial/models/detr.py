@@ -164,7 +164,8 @@ class DETR(nn.Module):
 
             def choose(memory: Tensor, key_padding_mask: Tensor) -> Tensor:  # memory [B, hw, d]
                 b, d, h, w = src.shape
-                encoder_out.update(self._encoder_predictions(memory.transpose(1, 2).reshape(b, d, h, w), mask, nested.mask))
+                cells = memory.transpose(1, 2).reshape(b, d, h, w)
+                encoder_out.update(self._encoder_predictions(cells, mask, nested.mask))
                 return self._proposals(encoder_out)  # [B, Q, 4] reference boxes
 
             ref = choose
