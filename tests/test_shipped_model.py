@@ -39,3 +39,37 @@ def test_shipped_model_scores_the_map_written_in_the_readme():
     metrics = dt.evaluate(model, postprocess, make_eval_loader(val, batch_size=50), val, "cpu")
     assert metrics["AP"] == pytest.approx(_readme_metric("AP"), abs=0.02)
     assert metrics["AP50"] == pytest.approx(_readme_metric("AP50"), abs=0.02)
+
+
+def _width_ratios(model, dataset, n: int, pad_to: int = 0) -> torch.Tensor:
+    """Predicted / true width of the best-scoring detection on each object, image by image."""
+    from detr_tutorial.box_ops import box_cxcywh_to_xyxy, box_iou
+
+    ratios = []
+    for i in range(n):
+        image, target = dataset[i]
+        if len(target["boxes"]) == 0:
+            continue
+        batch = [image] if not pad_to else [image, torch.zeros(3, pad_to, pad_to)]
+        with torch.no_grad():
+            out = model(batch)
+        boxes = out["pred_boxes"][0]  # [Q, 4] normalized cxcywh
+        scores = out["pred_logits"][0, :, :-1].sigmoid().max(-1).values  # [Q]
+        iou, _ = box_iou(box_cxcywh_to_xyxy(target["boxes"]), box_cxcywh_to_xyxy(boxes))  # [N, Q]
+        best = (iou > 0.5).float().mul(scores).argmax(dim=1)  # [N]: the surest detection on each object
+        found = iou[torch.arange(len(best)), best] > 0.5
+        ratios.append(boxes[best[found], 2] / target["boxes"][found, 2])
+    return torch.cat(ratios)
+
+
+def test_shipped_model_draws_boxes_of_the_right_size_with_or_without_padding():
+    """The bug that held the CPU recipe at mAP 0.567: a model that reads the image's size from the
+    batch padding draws unpadded images' boxes at the wrong scale (it drew 0.905 of the true
+    width). The shipped model must size boxes alike alone and in a batch padded to 144 px."""
+    model = dt.load_shipped_model().eval()
+    val = build_dataset("shapes", "val")
+    alone = _width_ratios(model, val, n=30)
+    padded = _width_ratios(model, val, n=30, pad_to=144)
+    assert len(alone) > 50 and len(padded) > 50
+    assert alone.mean().item() == pytest.approx(1.0, abs=0.03)
+    assert padded.mean().item() == pytest.approx(1.0, abs=0.03)
