@@ -183,9 +183,11 @@ def build_datasets(recipe: Recipe, data_dir: Optional[str] = None) -> tuple[Data
 
     root = data_dir if data_dir is not None else recipe.data_dir
     options = dict(recipe.dataset_options)
-    train_options = {k[len("train_"):]: v for k, v in options.items() if k.startswith("train_")}
-    val_options = {k[len("val_"):]: v for k, v in options.items() if k.startswith("val_")}
-    common = {k: v for k, v in options.items() if not k.startswith(("train_", "val_"))}
+    # ``val_size`` is a transform option of both splits, not ``size`` for the val split
+    prefixed = {k: v for k, v in options.items() if k.startswith(("train_", "val_")) and k not in TRANSFORM_OPTIONS}
+    train_options = {k[len("train_"):]: v for k, v in prefixed.items() if k.startswith("train_")}
+    val_options = {k[len("val_"):]: v for k, v in prefixed.items() if k.startswith("val_")}
+    common = {k: v for k, v in options.items() if k not in prefixed}
     sets = []
     for split, own in (("train", train_options), ("val", val_options)):
         kwargs = {**common, **own}

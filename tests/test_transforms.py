@@ -248,6 +248,9 @@ def test_recipe_dataset_options_size_the_preset_augmentation():
     assert len(train_set) == len(val_set) == 4
     assert {tuple(train_set[i][0].shape[-2:]) for i in range(4)} == {(96, 96)}
     assert tuple(val_set[0][0].shape[-2:]) == (80, 80)
+    # unprefixed, ``val_size`` is make_transforms' own name: the val split's size (train ignores it)
+    _, val_set = build_datasets(dataclasses.replace(recipe, dataset_options={"val_size": 96, "num_images": 2}))
+    assert tuple(val_set[0][0].shape[-2:]) == (96, 96)
 
 
 @pytest.mark.parametrize("options, match", [
