@@ -11,17 +11,13 @@ import detr_tutorial as dt
 from detr_tutorial.models import PositionEmbeddingSine, Transformer
 from detr_tutorial.models.backbone import build_backbone
 from detr_tutorial.models.detr import DETR
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from reference_data import reference_path
 
 TINY = dict(num_classes=3, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5)
 
 
 def _official_counts() -> dict:
-    path = REFERENCE / "official_r50_keys.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (../shared/reference holds the official model's key list)")
-    return json.loads(path.read_text())
+    return json.loads(reference_path("official_r50_keys.json").read_text())
 
 
 def _num_params(model: nn.Module) -> int:
@@ -534,3 +530,19 @@ def test_attention_under_cpu_autocast_matches_float32(masked):
     (grad,) = torch.autograd.grad(out.float().square().sum(), q)
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(grad, grad_reference, atol=5e-2, rtol=5e-2)
+
+
+def test_cell_geometry_counts_a_cell_as_the_images_when_its_centre_is_on_a_valid_pixel():
+    from detr_tutorial.models.detr import cell_geometry
+
+    image_mask = torch.ones(2, 144, 144, dtype=torch.bool)
+    image_mask[0, :129, :120] = False  # 129 x 120 px: rows 0..7 have centres < 129, cols 0..6 < 120
+    image_mask[1, :7, :7] = False  # smaller than half a cell: it keeps its one cell
+    mask, extent = cell_geometry(image_mask, (9, 9), stride=16)
+    assert (~mask[0]).sum(0).max().item() == 8 and (~mask[0]).sum(1).max().item() == 7
+    assert (~mask[1]).sum().item() == 1
+    torch.testing.assert_close(extent, torch.tensor([[129 / 16, 120 / 16], [7 / 16, 7 / 16]]))
+    # the official nearest-neighbour mask would have kept the 9th row (a one-pixel sliver)
+    from detr_tutorial.models.backbone import mask_to_feature_size
+
+    assert (~mask_to_feature_size(image_mask, (9, 9))[0]).sum(0).max().item() == 9

@@ -53,3 +53,17 @@ def test_learned_encoding_shapes_and_layout():
 def test_learned_encoding_rejects_maps_larger_than_its_table():
     with pytest.raises(ValueError, match="exceeds"):
         PositionEmbeddingLearned(num_pos_feats=4, max_size=50)(torch.zeros(1, 51, 2, dtype=torch.bool))
+
+
+def test_sine_encoding_with_the_true_extent_codes_a_cell_as_the_same_fraction_of_any_image():
+    """With ``extent`` (valid cells, fractional) a cell's code depends on where it is in the image,
+    not on how many cells the map has: 7.5 cells of 120 px and 8 of 128 px code cell 3 alike
+    after scaling by 8 / 7.5; without it the official encoding divides by the cell count."""
+    from detr_tutorial.models import PositionEmbeddingSine
+
+    pe = PositionEmbeddingSine(8, normalize=True)
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    torch.testing.assert_close(pe(mask, torch.tensor([[8.0, 8.0]])), pe(mask))
+    half = pe(mask, torch.tensor([[16.0, 16.0]]))  # the same 8 cells as the top-left quarter of a bigger image
+    big = pe(torch.zeros(1, 16, 16, dtype=torch.bool))
+    torch.testing.assert_close(half, big[:, :, :8, :8])

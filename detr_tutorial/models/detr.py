@@ -29,7 +29,8 @@ class DETR(nn.Module):
     """DEtection TRansformer (Carion et al., 2020).
 
     Args:
-        backbone: a :class:`Backbone` (any module returning ``(features, mask)`` with ``num_channels``).
+        backbone: a :class:`Backbone` (any module returning ``(features, mask)`` with ``num_channels``;
+            ``cell_units`` also reads its ``stride``).
         position_embedding: module mapping a mask ``[B, h, w]`` to ``[B, d, h, w]``.
         transformer: a :class:`Transformer` of width ``d``.
         num_classes: real classes; the class head has one more output for "no object".
@@ -60,7 +61,11 @@ class DETR(nn.Module):
             the head must guess each image's size to state a box as a fraction of it, and the
             only cue is the padding the batch adds around the image: trained on padded batches,
             such a head drew 128-px validation images' boxes ~10% too small (they come unpadded,
-            as only the largest training images did).
+            as only the largest training images did). It also measures the map in the trunk's
+            pixels (``backbone.stride``): cells whose centre lies outside the image are padding
+            and the sine positions are normalized by the image's true extent in cells (see
+            :func:`cell_geometry`), so boxes and positions do not depend on whether an image's
+            side is a multiple of the stride.
         fine_features: the decoder's cross-attention also reads the trunk's previous stage (twice
             the resolution; the backbone must be built with ``fine_features=True``), projected
             by ``fine_proj`` and told apart by a learned ``fine_level_embed`` added to its
@@ -147,7 +152,11 @@ class DETR(nn.Module):
         """
         nested = to_nested(samples)
         features, mask, *finer = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
-        pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
+        if self.cell_units:
+            mask, extent = cell_geometry(nested.mask, features.shape[-2:], self.backbone.stride)
+            pos = self.position_embedding(mask, extent).to(features.dtype)  # [B, d, h, w]
+        else:
+            pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
         src = self.input_proj(features)  # [B, d, h, w]
         fine = None
         if self.fine_proj is not None:
@@ -224,10 +233,12 @@ class DETR(nn.Module):
         b, d, h, w = memory.shape
         cells = memory.flatten(2).transpose(1, 2).to(self.enc_class_embed.weight.dtype)  # [B, hw, d]
         if self.cell_units:
-            # valid extent in cells, fractional: e.g. 120 px at stride 16 = 7.5 cells
-            stride_h, stride_w = image_mask.shape[-2] / h, image_mask.shape[-1] / w
-            valid_h = (~image_mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype) / stride_h  # [B]
-            valid_w = (~image_mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype) / stride_w  # [B]
+            # valid extent in cells, fractional: e.g. 120 px at stride 16 = 7.5 cells. The stride
+            # is the trunk's, never canvas / map side: a 117 px canvas gives a map of ceil(117/16)
+            # = 8 cells, and 117 / 8 = 14.6 px would shrink every box by 9 %.
+            stride = float(self.backbone.stride)
+            valid_h = (~image_mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype) / stride  # [B]
+            valid_w = (~image_mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype) / stride  # [B]
         else:
             valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype)  # [B] rows of the image itself
             valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype)  # [B]
@@ -294,6 +305,30 @@ class DETR(nn.Module):
                 num_classes=num_classes, class_names=list(class_names) if class_names else None
             )
             _init_class_prior(self, self.config)
+
+
+def cell_geometry(image_mask: Tensor, size: Sequence[int], stride: int) -> tuple[Tensor, Tensor]:
+    """Which feature cells belong to the image, and the image's extent in cells.
+
+    ``image_mask [B, H, W]`` (True = padding), ``size`` the map's ``(h, w)``, ``stride`` the
+    trunk's. A cell belongs to the image when its centre ``(i + 0.5) * stride`` lies on a valid
+    pixel: a 129 px side gives 9 cells, the 9th covering one pixel row, and that sliver is padding
+    here (the official nearest-neighbour mask keeps it, and a model trained on 128 px images has
+    never seen such a cell). Returns ``mask [B, h, w]`` and ``extent [B, 2]``, the valid height and
+    width divided by the stride (fractional: 120 px at stride 16 is 7.5 cells).
+    """
+    h, w = size[0], size[1]  # no int(): under torch.export these are symbolic sizes, int() would fix them
+    big_h, big_w = image_mask.shape[-2:]
+    rows = ((torch.arange(h, device=image_mask.device) + 0.5) * stride).long()  # [h] centre pixel rows
+    cols = ((torch.arange(w, device=image_mask.device) + 0.5) * stride).long()  # [w]
+    inside = (rows < big_h)[:, None] & (cols < big_w)[None, :]  # [h, w]: centre on the canvas
+    sampled = image_mask[:, rows.clamp(max=big_h - 1)][:, :, cols.clamp(max=big_w - 1)]  # [B, h, w]
+    mask = sampled | ~inside[None]
+    mask[:, 0, 0] = image_mask[:, 0, 0]  # an image smaller than half a cell keeps its one cell
+    valid_h = (~image_mask[:, :, 0]).sum(1).clamp(min=1)  # [B] pixel rows of the image itself
+    valid_w = (~image_mask[:, 0, :]).sum(1).clamp(min=1)  # [B]
+    extent = torch.stack([valid_h, valid_w], dim=-1).float() / stride  # [B, 2] in cells
+    return mask, extent
 
 
 def _full_precision(x: Tensor):

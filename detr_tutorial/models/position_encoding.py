@@ -13,6 +13,7 @@ the channels encode the row (y), half the column (x), so the layout survives fla
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,15 +44,26 @@ class PositionEmbeddingSine(nn.Module):
         self.normalize = normalize
         self.scale = scale
 
-    def forward(self, mask: Tensor) -> Tensor:
-        """``mask [B, h, w]`` (True = padding) -> ``pos [B, 2*num_pos_feats, h, w]``."""
+    def forward(self, mask: Tensor, extent: Optional[Tensor] = None) -> Tensor:
+        """``mask [B, h, w]`` (True = padding) -> ``pos [B, 2*num_pos_feats, h, w]``.
+
+        ``extent [B, 2]``: each image's valid height and width in cells, fractional (e.g. 7.5
+        for 120 px at stride 16). With it, ``normalize`` divides by the image's true extent
+        instead of the count of valid cells, so a cell's code is a fixed fraction of the image
+        whether or not the image's side is a multiple of the stride. Without it (the paper's
+        and the official code's encoding) the count is used.
+        """
         not_mask = ~mask
         y_embed = not_mask.cumsum(1, dtype=torch.float32)  # [B, h, w]: 1..h_valid down each column
         x_embed = not_mask.cumsum(2, dtype=torch.float32)  # [B, h, w]: 1..w_valid along each row
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            if extent is None:
+                y_total, x_total = y_embed[:, -1:, :], x_embed[:, :, -1:]  # [B, 1, w], [B, h, 1]
+            else:
+                y_total, x_total = extent[:, 0, None, None].float(), extent[:, 1, None, None].float()  # [B, 1, 1]
+            y_embed = y_embed / (y_total + eps) * self.scale
+            x_embed = x_embed / (x_total + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t  # [B, h, w, d]
