@@ -47,22 +47,34 @@ def machine_info() -> str:
 
 
 def git_commit() -> str:
+    """The short commit, plus a note when the package's files differ from it (a measurement of an
+    uncommitted working tree must not pass for one of the commit)."""
     try:
+        root = Path(__file__).resolve().parents[1]
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
+                             cwd=root, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        # GIT_OPTIONAL_LOCKS=0: a read-only look, never taking the index lock from a concurrent commit
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "detr_tutorial"], capture_output=True,
+                               text=True, cwd=root, timeout=10,
+                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout.strip()
+        return f"{commit} + uncommitted changes in detr_tutorial/" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def update_section(name: str, body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the section ``name`` of ``RESULTS.md`` with ``body``."""
+def update_section(name: str, body: str, path: Path = RESULTS, after: str | None = None) -> None:
+    """Replace the section ``name`` of ``RESULTS.md`` with ``body``; a new section goes right after
+    the section ``after`` when that one exists, else at the end."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    anchor = f"<!-- END {after} -->" if after else None
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
+    elif anchor and anchor in text:
+        text = text.replace(anchor, anchor + "\n\n" + block, 1)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
