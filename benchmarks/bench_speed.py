@@ -48,16 +48,14 @@ with no comparison.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _official import LoadLog, child_env, import_official, print_result, quartiles, run_child  # noqa: E402
 from _results import command_line, git_commit, machine_info, markdown_table, update_section  # noqa: E402
 
 CONFIGS = {
@@ -163,28 +161,6 @@ def _measure(name: str, steps: int, threads: int, device: str) -> dict:
 
 
 # --------------------------------------------------------------------------- the official code
-def _import_official(directory: str):
-    """Import the official ``models`` and ``util`` packages from ``directory`` (a checkout)."""
-    import importlib
-
-    root = Path(directory).resolve()
-    if not (root / "models" / "detr.py").is_file() or not (root / "util" / "misc.py").is_file():
-        raise SystemExit(f"--official {directory}: not a facebookresearch/detr checkout (no models/detr.py, util/misc.py)")
-    for top in ("models", "util"):
-        if top in sys.modules:
-            raise SystemExit(f"a module named {top!r} is already imported ({sys.modules[top]!r}); it would shadow the official one")
-    sys.path.insert(0, str(root))
-    try:
-        mods = {name: importlib.import_module(name) for name in
-                ("util.misc", "models.backbone", "models.transformer", "models.matcher", "models.detr")}
-    finally:
-        sys.path.remove(str(root))
-    for name, mod in mods.items():
-        if not Path(mod.__file__).resolve().is_relative_to(root):
-            raise SystemExit(f"{name} was imported from {mod.__file__}, not from {root}")
-    return mods
-
-
 def _official_args(cfg, device: str) -> argparse.Namespace:
     """The official ``main.py`` options for our config (the names are the same on purpose)."""
     return argparse.Namespace(
@@ -243,7 +219,7 @@ def _side_by_side(official_dir: str, steps: int, threads: int, device: str, brea
     from detr_tutorial.nested import NestedTensor
     from detr_tutorial.train import build_optimizer, resolve_amp
 
-    mods = _import_official(official_dir)
+    mods = import_official(official_dir)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -367,11 +343,6 @@ def _side_by_side(official_dir: str, steps: int, threads: int, device: str, brea
             "official_trainable": off_train, "rows": rows, "device": device}
 
 
-def _quartiles(xs: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return q[0], q[2]
-
-
 def _side_by_side_table(res: dict) -> str:
     rows = res["rows"]
     off = rows[0]
@@ -386,47 +357,13 @@ def _side_by_side_table(res: dict) -> str:
         else:
             pt = [a / b for a, b in zip(off["train_s"], r["train_s"])]
             pi = [a / b for a, b in zip(off["infer_s"], r["infer_s"])]
-            (t1, t3), (i1, i3) = _quartiles(pt), _quartiles(pi)
+            (t1, t3), (i1, i3) = quartiles(pt), quartiles(pi)
             cells += [f"**{off_train / train:.2f}x**", f"{t1:.2f}-{t3:.2f}x",
                       f"**{off_infer / infer:.2f}x**", f"{i1:.2f}-{i3:.2f}x"]
         out.append(cells)
     header = ["variant", "trainable params", "train step s (median)", "train img/s", "inference s (median)",
               "inference img/s", "train: official / ours", "middle half", "inference: official / ours", "middle half"]
     return markdown_table(header, out)
-
-
-class LoadLog:
-    """The 1-minute load average, sampled while the children run (it includes their own threads)."""
-
-    def __init__(self) -> None:
-        self.start = os.getloadavg()[0]
-        self.samples: list[float] = []
-
-    def sample(self) -> None:
-        self.samples.append(os.getloadavg()[0])
-
-    def describe(self, threads: int) -> str:
-        hi = max(self.samples, default=self.start)
-        shared = ("so other jobs shared the CPU at times" if hi > threads + 0.5 else
-                  "so the CPU was not visibly shared with other jobs")
-        return (f"1-minute load average {self.start:.2f} at the start, up to {hi:.2f} during the run (which itself "
-                f"keeps {threads} threads busy on {os.cpu_count()} cores), {shared}")
-
-
-def _run_child(args: list[str], env: dict, load: LoadLog) -> dict | None:
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    while True:
-        try:
-            stdout, stderr = proc.communicate(timeout=5)
-            break
-        except subprocess.TimeoutExpired:
-            load.sample()
-    line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not line:
-        print(f"{args} failed:\n{stdout[-1000:]}\n{stderr[-3000:]}", file=sys.stderr)
-        return None
-    return json.loads(line[0][len("RESULT "):])
 
 
 def _bf16_flags() -> str:
@@ -458,24 +395,22 @@ def main() -> None:
     if a.steps < 1:
         p.error("--steps must be >= 1")
     if a.child == SIDE_BY_SIDE:
-        print("RESULT " + json.dumps(_side_by_side(a.official, a.steps, a.threads, a.device, a.breakdown)))
+        print_result(_side_by_side(a.official, a.steps, a.threads, a.device, a.breakdown))
         return
     if a.child:
-        print("RESULT " + json.dumps(_measure(a.child, a.steps, a.threads, a.device)))
+        print_result(_measure(a.child, a.steps, a.threads, a.device))
         return
     todo = a.only or [*CONFIGS, *([SIDE_BY_SIDE] if a.official else [])]
     if SIDE_BY_SIDE in todo and not a.official:
         p.error(f"--only {SIDE_BY_SIDE} needs --official DIR (a facebookresearch/detr checkout)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if a.wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = a.wait_policy
+    env = child_env(a.wait_policy)
     common = ["--steps", str(a.steps), "--threads", str(a.threads), "--device", a.device,
               *(["--breakdown"] if a.breakdown else [])]
     conditions = f"{a.threads} threads, OMP_WAIT_POLICY {a.wait_policy}, device {a.device}"
     sections = []
     if SIDE_BY_SIDE in todo:
         load = LoadLog()
-        res = _run_child(["--child", SIDE_BY_SIDE, "--official", a.official, *common], env, load)
+        res = run_child(__file__, ["--child", SIDE_BY_SIDE, "--official", a.official, *common], env, load)
         if res is not None:
             table = _side_by_side_table(res)
             print(table)
@@ -508,7 +443,7 @@ def main() -> None:
     configs = [c for c in todo if c in CONFIGS]
     load = LoadLog()
     for name in configs:
-        r = _run_child(["--child", name, *common], env, load)
+        r = run_child(__file__, ["--child", name, *common], env, load)
         if r is None:
             continue
         rows.append([name, r["batch"], f"{r['params']:,}", f"{r['trainable']:,}", round(r["train_step_s"], 3),

@@ -29,6 +29,10 @@ _LAZY = {
     "model_from_checkpoint": ("checkpoint", "model_from_checkpoint"),
     "export_model": ("checkpoint", "export_model"),
     "load_shipped_model": ("checkpoint", "load_shipped_model"),
+    "export_graph": ("export", "export_graph"),
+    "export_onnx": ("export", "export_onnx"),
+    "export_torch": ("export", "export_torch"),
+    "script_model": ("export", "script_model"),
 }
 
 

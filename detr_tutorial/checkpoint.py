@@ -16,7 +16,10 @@ Layout (``format`` = :data:`FORMAT`)::
 
 Writing goes to a temporary file in the same directory followed by :func:`os.replace`, which is
 atomic on POSIX and Windows: a crash (or SIGKILL) in the middle of a write leaves the previous
-checkpoint untouched.
+checkpoint untouched, and the next training run in the folder removes the temporary file it left
+(:func:`remove_stale_temporaries`). A failed write (disk full, read-only folder) raises
+:class:`CheckpointError` naming the file. Every weights file the package reads goes through
+:func:`read_weights_file` (``weights_only=True``, one-line errors).
 """
 from __future__ import annotations
 
@@ -31,12 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .weights_io import CheckpointError, read_weights_file  # noqa: F401 (re-exported)
+
 __all__ = [
     "FORMAT",
     "CheckpointError",
     "ClassHeadMismatchError",
     "save_checkpoint",
     "load_checkpoint",
+    "read_weights_file",
+    "remove_stale_temporaries",
     "capture_rng_state",
     "restore_rng_state",
     "load_model_weights",
@@ -49,10 +56,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "detr_tutorial/1"
 PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or not one of ours."""
 
 
 class ClassHeadMismatchError(CheckpointError):
@@ -79,8 +82,11 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
     and the previous checkpoint at ``path`` (if any) stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only or missing folder, a file where the folder should be
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -90,13 +96,38 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # disk full, quota, I/O error: the previous checkpoint is intact
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {e.strerror or e} (the previous checkpoint, if any, is unchanged)"
+            ) from e
         raise
     return path
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`save_checkpoint` calls left in ``folder``.
+
+    A process killed between creating its temporary file and renaming it cannot clean up; the
+    next run in the same folder does (called when training starts). Returns the removed paths.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.pth.*.tmp"):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted checkpoint writes in %s", len(removed), folder)
+    return removed
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
@@ -106,15 +137,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     the official repository and ``torch.save(model.state_dict())`` write them).
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types (pickle, zip, RuntimeError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+    ckpt = read_weights_file(path, map_location)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
     if "model" not in ckpt:
@@ -268,8 +291,23 @@ def export_model(
     Optimizer, scheduler and RNG states are dropped. Loading converts the weights back to the
     model's float32 (``load_state_dict`` copies across dtypes), so a float16 file halves the size
     at the cost of rounding each weight to 11 significant bits.
+
+    ``src`` must describe its model (a ``config``, as training and ``convert`` write): a bare
+    state dict is refused with :class:`CheckpointError`, since a file labelled ``detr_tutorial/1``
+    that :func:`model_from_checkpoint` cannot rebuild would only fail later, somewhere else.
     """
+    if not isinstance(src, (Mapping, str, os.PathLike)):
+        raise TypeError(f"export_model expects a checkpoint path or dict, got {type(src).__name__}")
     ckpt = load_checkpoint(src) if not isinstance(src, Mapping) else src
+    source = f"checkpoint {src}" if not isinstance(src, Mapping) else "the checkpoint"
+    weights_ok = isinstance(ckpt.get("model"), Mapping) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    if not weights_ok:
+        raise CheckpointError(f"{source} has no 'model' state dict of tensors: nothing to export")
+    if not ckpt.get("config"):
+        raise CheckpointError(
+            f"{source} has no model config (a bare state dict?), so the exported file could not be rebuilt: "
+            f"load the weights into a model and save a checkpoint with its config (convert does this)"
+        )
     weights = {
         k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()
     }

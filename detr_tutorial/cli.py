@@ -1,4 +1,4 @@
-"""The command line: ``python -m detr_tutorial train | eval | predict | convert``.
+"""The command line: ``python -m detr_tutorial train | eval | predict | convert | export``.
 
 Examples::
 
@@ -9,10 +9,12 @@ Examples::
     python -m detr_tutorial eval --checkpoint runs/shapes-cpu/model_final.pth --dataset shapes --split val
     python -m detr_tutorial predict --checkpoint model.pth img1.jpg img2.jpg --out preds/
     python -m detr_tutorial convert --official detr-r50-e632da11.pth --out detr_r50.pth
+    python -m detr_tutorial export --checkpoint model.pth --format onnx --out detr.onnx
 
 User errors (a missing file or folder, an unreadable checkpoint, a class-count mismatch, a bad
 option value) print one line starting with ``error:`` and exit with status 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. A diverged run (NaN loss) ends with one ``error:`` line and status 1;
+Ctrl-C during ``train`` saves a resumable checkpoint after the current step and exits with 130.
 
 ``train`` started from the command line runs with ``OMP_WAIT_POLICY=PASSIVE`` unless the
 variable is already set: by default OpenMP threads spin while they wait for work, and on a CPU
@@ -67,11 +69,95 @@ def _apply_sets(recipe: Any, sets: Sequence[str]) -> Any:
         elif key.startswith("data."):
             data_options[key[len("data."):]] = value
         else:
+            _check_recipe_value(type(recipe), key, value)
             fields[key] = value
     try:
         return recipe.replace(**fields, model_overrides=model_overrides, dataset_options=data_options)
     except TypeError as e:
         raise UsageError(str(e)) from e
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (parsed from ``--set``) has the type a recipe field is annotated with."""
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a float here (lr=1 is fine), a bool or nan is not a rate
+        import math
+
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
+
+
+def _check_recipe_value(recipe_type: type, key: str, value: Any) -> None:
+    """Refuse ``--set KEY=VALUE`` whose value has the wrong type for the recipe field ``KEY``.
+
+    ``--set batch_size=abc`` would otherwise reach the training loop as a string and fail there
+    with a message about comparing ``str`` and ``int``.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(recipe_type)
+    names = [f.name for f in dataclasses.fields(recipe_type)]
+    if key not in names:
+        return  # Recipe.replace names the unknown field
+    hint = hints[key]
+    if not _accepts(hint, value):
+        wanted = {int: "an int", float: "a finite number", bool: "true or false", str: "a string"}.get(
+            hint, str(hint).replace("typing.", "")
+        )
+        raise UsageError(f"--set {key} expects {wanted}, got {value!r}")
+
+
+def _positive(value: Optional[int], option: str) -> Optional[int]:
+    """``value`` unless it is below 1 (``--max-steps 0`` would otherwise mean "the recipe's budget")."""
+    if value is not None and value < 1:
+        raise UsageError(f"{option} must be a positive integer, got {value}")
+    return value
+
+
+def _device(text: Optional[str]) -> Optional[str]:
+    """Check a ``--device`` value: a device torch knows, and CUDA only where there is CUDA."""
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"unknown --device {text!r}: use cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise UsageError(f"unsupported --device {text!r}: use cpu, cuda or cuda:N")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {text}: MPS is not available on this machine (use --device cpu)")
+    return text
+
+
+def _output_folder(path: str, option: str) -> Path:
+    """An output folder that exists or can be made: refuse a path that is (or lies under) a file."""
+    p = Path(path)
+    for parent in (p, *p.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {p} is not a folder: {parent} is a file")
+            break
+    return p
 
 
 def _existing_file(path: str, what: str) -> Path:
@@ -108,7 +194,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("the 'folder' data set needs --data-dir (a COCO-format folder)")
     if args.data_dir and recipe.dataset == "shapes":
         recipe = recipe.replace(dataset="folder")  # --data-dir with the default recipe: the user's own data
-    output_dir = args.output_dir or f"runs/{recipe.name}"
+    output_dir = str(_output_folder(args.output_dir or f"runs/{recipe.name}", "--output-dir"))
+    max_steps = _positive(args.max_steps, "--max-steps")
+    device = _device(args.device)
     resume = args.resume
     if resume == "auto":
         resume = output_dir
@@ -122,8 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         recipe,
         output_dir,
-        device=args.device,
-        max_steps=args.max_steps,
+        device=device,
+        max_steps=max_steps,
         resume=resume,
         init_from=args.init_from,
         reset_class_head=args.reset_class_head,
@@ -160,8 +248,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import make_eval_loader
 
     path = _existing_file(args.checkpoint, "checkpoint")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.max_images, "--max-images")
+    if args.json:
+        _output_folder(str(Path(args.json).parent), "--json")
+        if Path(args.json).is_dir():
+            raise UsageError(f"--json {args.json} is a folder, expected a file path")
     state = ckpt_io.load_checkpoint(path)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = ckpt_io.model_from_checkpoint(state).to(device)
     dataset_name = args.dataset or (state.get("recipe") or {}).get("dataset") or "shapes"
     data_dir = _existing_dir(args.data_dir, "data directory")
@@ -171,6 +265,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         options[k.removeprefix("data.")] = _parse_value(v)
+    if "transforms" not in options:  # score the model at the image size its recipe trained it for
+        from .train import eval_transforms
+
+        sizes = {k: options.pop(k) for k in ("val_size", "max_size") if k in options}
+        try:
+            options["transforms"] = eval_transforms(state.get("recipe"), dataset_name, **sizes)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     dataset = _eval_dataset(dataset_name, args.split, data_dir, options)
     n_model, n_data = model.num_classes, len(dataset.class_names)
     if n_model != n_data:
@@ -210,38 +312,58 @@ def _draw(image, det: dict, class_names: Optional[Sequence[str]]):
     return image
 
 
+def _prediction_names(paths: Sequence[Path]) -> list[str]:
+    """One distinct output file name per input image: ``STEM_pred.png``, or ``STEM_K_pred.png``
+    (K = 1, 2, ... in command-line order) for stems that several inputs share (``a/img.png`` and
+    ``b/img.png`` would otherwise overwrite one drawing)."""
+    from collections import Counter
+
+    counts = Counter(p.stem for p in paths)
+    seen: Counter = Counter()
+    names = []
+    for p in paths:
+        seen[p.stem] += 1
+        names.append(f"{p.stem}_pred.png" if counts[p.stem] == 1 else f"{p.stem}_{seen[p.stem]}_pred.png")
+    taken = set(names)
+    if len(taken) != len(names):  # "img_1.png" next to two "img.png": refuse rather than overwrite
+        raise UsageError("input images map to the same output name; rename them or predict them separately")
+    return names
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from . import checkpoint as ckpt_io
+    from .image_io import open_image
     from .models import predict
 
     path = _existing_file(args.checkpoint, "checkpoint")
+    if not 0.0 <= args.threshold <= 1.0:  # also refuses nan
+        raise UsageError(f"--threshold must be a score in [0, 1], got {args.threshold}")
+    out_dir = _output_folder(args.out, "--out")
     images = []
     for name in args.images:
         p = _existing_file(name, "image")
-        try:
-            with Image.open(p) as im:
-                images.append((p, im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UsageError(f"cannot read image {p}: {e}") from e
+        try:  # upright as its EXIF orientation says; 16-bit and float images rescaled, not clipped
+            images.append((p, open_image(p)))
+        except ValueError as e:  # names the file: corrupt, truncated, not an image, unconvertible pixels
+            raise UsageError(str(e)) from e
     state = ckpt_io.load_checkpoint(path)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = ckpt_io.model_from_checkpoint(state).to(device)
     names = state.get("class_names") or (model.config.class_names if model.config is not None else None)
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for p, im in images:
+    for (p, im), out_name in zip(images, _prediction_names([p for p, _ in images])):
         det = predict(model, im, threshold=args.threshold, device=device)[0]
         drawn = _draw(im, det, names)
-        target = out_dir / f"{p.stem}_pred.png"
+        target = out_dir / out_name
         drawn.save(target)
         print(f"{p}: {len(det['scores'])} objects -> {target}")
         records.append(
             {
                 "image": str(p),
+                "drawn": str(target),
                 "boxes": det["boxes"].tolist(),
                 "scores": det["scores"].tolist(),
                 "labels": det["labels"].tolist(),
@@ -256,17 +378,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     """Official checkpoint -> our format. The architecture is read off the weights (``nheads`` and
     ``dilation`` leave no trace in them: pass ``--name`` for a paper model or ``--set nheads=N``)."""
-    import torch
-
     from . import checkpoint as ckpt_io
     from .models import build_model
     from .pretrained import from_official, infer_official_preset, load_official_state_dict
 
     src = _existing_file(args.official, "official checkpoint")
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"cannot read checkpoint {src}: {_one_line(e)}") from e
+    state = ckpt_io.read_weights_file(src, "cpu")
+    if not isinstance(state, dict):
+        raise UsageError(f"checkpoint {src} holds a {type(state).__name__}, expected a dict")
     overrides = {}
     for item in args.set or []:
         if "=" not in item:
@@ -298,6 +417,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     )
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {src} ({n:,} parameters) -> {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Checkpoint -> a deployable graph (ONNX, ``torch.export`` or TorchScript); see ``detr_tutorial.export``."""
+    from .export import FORMATS, export_graph
+
+    if args.format not in FORMATS:
+        raise UsageError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    src = _existing_file(args.checkpoint, "checkpoint")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder not found: {out.parent}")
+    if out.is_dir():
+        raise UsageError(f"--out is a directory, expected a file: {out}")
+    path = export_graph(src, out, format=args.format, opset=args.opset)
+    print(f"exported {src} as {args.format} -> {path}")
     return 0
 
 
@@ -360,11 +496,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="config fields the weights do not show (nheads=4, dilation=true, ...); repeatable")
     c.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("export", help="checkpoint -> ONNX / torch.export / TorchScript file for deployment")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", default="onnx", metavar="FORMAT",
+                   help="onnx (default), torch-export (a .pt2 program) or torchscript (the paper's DETR only)")
+    x.add_argument("--out", required=True, help="the file to write (its folder must exist)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or later (default 18)")
+    x.set_defaults(func=cmd_export)
     return parser
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
+    """The exception's own message on one line.
+
+    A DataLoader worker's exception reaches the main process as the same type with the worker's
+    whole traceback as its message ("Caught ValueError in DataLoader worker process 0. Original
+    Traceback ...: ValueError: <message>"): keep the original message only. An ``OSError`` says
+    what failed on which file ("No space left on device: runs/x/checkpoint.pth").
+    """
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        text = f"{e.strerror}: {os.fsdecode(e.filename)}"
+    else:
+        text = str(e).strip() or type(e).__name__
+    lines = text.splitlines()
+    if any(line.startswith("Original Traceback") for line in lines):
+        prefix = f"{type(e).__name__}: "
+        own = [line[len(prefix):] for line in lines if line.startswith(prefix)]
+        text = own[-1] if own else lines[-1]
     return " ".join(text.split())
 
 
@@ -396,7 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+    except (UsageError, CheckpointError, OSError, ValueError, TypeError) as e:  # OSError: disk full, read-only, ...
         if args.debug:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -406,8 +565,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        saved = getattr(e, "checkpoint", None)
+        where = f": checkpoint of step {e.step} saved to {saved} (continue with --resume)" if saved else ""
+        print(f"interrupted{where}", file=sys.stderr)
         return 130
 
 

@@ -8,12 +8,81 @@ Field names follow the official DETR command-line options (``hidden_dim``, ``nhe
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 __all__ = ["DETRConfig", "PRESETS", "get_config"]
 
 _BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn")
+
+# Field kinds for the type and range checks of DETRConfig.validate (consistency checks follow them).
+_POSITIVE_INTS = ("num_classes", "hidden_dim", "nheads", "dec_layers", "dim_feedforward", "num_queries",
+                  "query_groups", "backbone_stride")
+_NON_NEGATIVE_INTS = ("enc_layers",)
+_BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "reference_points",
+          "conditional_spatial_query", "box_refine", "fine_features", "two_stage", "encoder_aux_loss",
+          "encoder_cell_units", "focal_loss")
+_NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
+                         "giou_loss_coef", "encoder_aux_coef", "focal_gamma")
+_STRINGS = ("backbone", "backbone_norm", "position_embedding")
+
+
+def _is_int(value: Any) -> bool:
+    """A Python int that is not a bool (``True`` is an ``int`` to Python, never a size here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_field_types(cfg: "DETRConfig") -> None:
+    """Type and range of every field on its own: ``ValueError`` naming the field and the value.
+
+    A wrong type is reported as a ``ValueError`` too (not ``TypeError``): to the user who wrote
+    ``--set model.aux_loss=yes`` or ``num_classes=True`` it is one more wrong value for the field.
+    """
+    for name in _POSITIVE_INTS:
+        value = getattr(cfg, name)
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name in _NON_NEGATIVE_INTS:
+        value = getattr(cfg, name)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    for name in _BOOLS:
+        value = getattr(cfg, name)
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    for name in _NON_NEGATIVE_NUMBERS:
+        value = getattr(cfg, name)
+        if not _is_number(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    for name in _STRINGS:
+        value = getattr(cfg, name)
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a str, got {value!r}")
+    weights = cfg.pretrained_backbone
+    if not (isinstance(weights, bool) or (isinstance(weights, str) and weights)):
+        raise ValueError(f"pretrained_backbone must be True, False or a weights file path, got {weights!r}")
+    if cfg.freeze_stem is not None and not isinstance(cfg.freeze_stem, bool):
+        raise ValueError(f"freeze_stem must be None, True or False, got {cfg.freeze_stem!r}")
+    if cfg.class_names is not None and (
+        not isinstance(cfg.class_names, (list, tuple)) or not all(isinstance(n, str) for n in cfg.class_names)
+    ):
+        raise ValueError(f"class_names must be None or a list of str, got {cfg.class_names!r}")
+    if not _is_number(cfg.dropout) or not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {cfg.dropout!r}")
+    if not _is_number(cfg.eos_coef) or cfg.eos_coef <= 0:
+        raise ValueError(f"eos_coef must be a finite number > 0, got {cfg.eos_coef!r}")
+    if not _is_number(cfg.focal_alpha) or not 0.0 <= cfg.focal_alpha <= 1.0:
+        raise ValueError(f"focal_alpha must be a number in [0, 1], got {cfg.focal_alpha!r}")
+    if not _is_number(cfg.encoder_aux_radius) or cfg.encoder_aux_radius <= 0:
+        raise ValueError(f"encoder_aux_radius must be a finite number > 0, got {cfg.encoder_aux_radius!r}")
+    if cfg.focal_prior_prob is not None and not (_is_number(cfg.focal_prior_prob) and 0.0 < cfg.focal_prior_prob < 1.0):
+        raise ValueError(f"focal_prior_prob must be None or a number in (0, 1), got {cfg.focal_prior_prob!r}")
 
 
 @dataclass
@@ -75,11 +144,11 @@ class DETRConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent field."""
+        """Raise ``ValueError`` naming the first bad field and its value: each
+        field's type and range first, then the fields' consistency with each other."""
+        _check_field_types(self)
         if self.backbone not in _BACKBONES:
             raise ValueError(f"backbone must be one of {_BACKBONES}, got {self.backbone!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
@@ -101,11 +170,6 @@ class DETRConfig:
             raise ValueError("dilation (DC5) needs resnet50 or resnet101: torchvision's BasicBlock cannot dilate")
         if self.dilation and self.backbone_stride == 16:
             raise ValueError("choose either dilation=True (DC5) or backbone_stride=16, not both")
-        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "nheads", "query_groups"):
-            if getattr(self, name) < (0 if name == "enc_layers" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.focal_prior_prob is not None and not 0.0 < self.focal_prior_prob < 1.0:
-            raise ValueError(f"focal_prior_prob must be in (0, 1), got {self.focal_prior_prob}")
         if self.conditional_spatial_query and not self.reference_points:
             raise ValueError("conditional_spatial_query needs reference_points=True (its queries look near their points)")
         if self.box_refine and not self.conditional_spatial_query:
@@ -123,8 +187,6 @@ class DETRConfig:
             raise ValueError("two_stage picks one set of queries per image: query_groups must be 1")
         if self.conditional_spatial_query and self.pre_norm:
             raise ValueError("conditional_spatial_query is implemented for post-norm layers only (pre_norm=False)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def replace(self, **overrides: Any) -> "DETRConfig":
         """A copy with some fields changed; unknown names are an error (typos must not pass)."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .distributed import is_main_process, reduce_mean_dict
+from .distributed import reduce_mean_dict
 from .nested import NestedTensor, to_nested
 
 __all__ = [
@@ -90,6 +90,36 @@ def _format_terms(terms: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(terms.items()))
 
 
+def _non_finite_outputs(outputs: Mapping[str, Any]) -> list[str]:
+    """Names of the prediction tensors (last layer and auxiliary layers) holding NaN or infinity."""
+    def bad_in(out: Mapping[str, Any], prefix: str) -> list[str]:
+        return [prefix + k for k in ("pred_logits", "pred_boxes")
+                if isinstance(out.get(k), Tensor) and not torch.isfinite(out[k]).all()]
+
+    bad = bad_in(outputs, "")
+    for i, aux in enumerate(outputs.get("aux_outputs") or []):
+        bad += bad_in(aux, f"aux_outputs[{i}].")
+    return bad
+
+
+def _check_outputs(
+    outputs: Mapping[str, Any], step: int, epoch: int, lr: float, last_terms: Mapping[str, float]
+) -> None:
+    """Stop with :class:`NonFiniteLossError` when the model's predictions are not finite.
+
+    A diverged model (a learning rate far too high) produces NaN predictions before its loss is
+    NaN, and the matcher refuses them; this check comes first so the user reads the step, the
+    learning rate and the last finite loss terms rather than a complaint from deep in the matcher.
+    """
+    bad = _non_finite_outputs(outputs)
+    if bad:
+        before = f"loss terms of the step before: {_format_terms(last_terms)}" if last_terms else "no step had finished"
+        raise NonFiniteLossError(
+            f"the model's predictions are NaN or infinite at step {step} (epoch {epoch}, lr {lr:.3g}): "
+            f"{', '.join(bad[:3])}; training diverged, try a lower learning rate; {before}"
+        )
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -146,6 +176,7 @@ def train_one_epoch(
     micro = 0
     images = 0
     t_step = time.perf_counter()
+    last_terms: dict[str, float] = {}  # the previous optimizer step's terms, for a divergence message
     optimizer.zero_grad(set_to_none=True)
     for samples, targets in data_loader:
         if max_steps is not None and step >= max_steps:
@@ -158,7 +189,9 @@ def train_one_epoch(
         with sync:
             with _autocast(device, amp_dtype):
                 outputs = model(samples)
-            losses = criterion(outputs_to_float(outputs), targets)
+            outputs = outputs_to_float(outputs)
+            _check_outputs(outputs, step + 1, epoch, float(optimizer.param_groups[0]["lr"]), last_terms)
+            losses = criterion(outputs, targets)
             total = criterion.total(losses)
             scaled = total / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -166,8 +199,9 @@ def train_one_epoch(
         loss_value = float(reduced["loss"])
         if not math.isfinite(loss_value):
             terms = {k: float(v) for k, v in reduced.items() if k != "loss"}
+            lr = float(optimizer.param_groups[0]["lr"])
             raise NonFiniteLossError(
-                f"loss is {loss_value} at step {step + 1} (epoch {epoch}); stopping training. "
+                f"loss is {loss_value} at step {step + 1} (epoch {epoch}, lr {lr:.3g}); stopping training. "
                 f"Loss terms: {_format_terms(terms)}"
             )
         for k, v in reduced.items():
@@ -215,6 +249,7 @@ def train_one_epoch(
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", refresh=False)
+        last_terms = dict(info.terms)
         if on_step_end is not None:
             on_step_end(info)
         # restart the wall clock after the callback: checkpoints and evaluation are not steps

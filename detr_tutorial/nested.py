@@ -41,6 +41,24 @@ class NestedTensor:
         return [(int(h), int(w)) for h, w in zip(heights, widths)]
 
 
+def check_pixel_dtype(dtype: torch.dtype, what: str) -> None:
+    """Refuse a dtype the model cannot take as pixels: integers (not yet scaled and normalized)
+    and float64 (the weights are float32; PyTorch would fail deep inside the first convolution,
+    and a silent cast would hide a copy). ``TypeError`` naming ``what``."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what} must be a float tensor (normalized), got {dtype}")
+    if dtype == torch.float64:
+        raise TypeError(f"{what} is float64, but the model computes in float32: convert it with .float()")
+
+
+def check_finite_pixels(pixels: Tensor, what: str) -> None:
+    """Refuse NaN or infinite pixels (``ValueError`` naming ``what``): one of them turns every
+    attention weight of the image, and so every prediction and the loss, into NaN."""
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:
+        raise ValueError(f"{what} has {bad} NaN or infinite pixel value(s)")
+
+
 def _check_image(img: Tensor, index: int) -> None:
     if not isinstance(img, Tensor):
         raise TypeError(f"image {index} must be a torch.Tensor [3, H, W], got {type(img).__name__}")
@@ -48,6 +66,20 @@ def _check_image(img: Tensor, index: int) -> None:
         raise ValueError(f"image {index} must have shape [3, H, W], got {list(img.shape)}")
     if img.shape[1] == 0 or img.shape[2] == 0:
         raise ValueError(f"image {index} is empty: shape {list(img.shape)}")
+    check_pixel_dtype(img.dtype, f"image {index}")
+    if not _tracing():
+        check_finite_pixels(img, f"image {index}")
+
+
+def _tracing() -> bool:
+    """Whether the call is being traced or compiled (``torch.export``, ``torch.compile``,
+    ``torch.jit.trace``, ONNX export), where a check of pixel values cannot run."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or getattr(torch.compiler, "is_exporting", lambda: False)()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def nested_tensor_from_tensor_list(images: Sequence[Tensor], size_divisibility: int = 0) -> NestedTensor:
@@ -60,6 +92,12 @@ def nested_tensor_from_tensor_list(images: Sequence[Tensor], size_divisibility: 
         raise ValueError("cannot batch an empty list of images")
     for i, img in enumerate(images):
         _check_image(img, i)
+    for i, img in enumerate(images[1:], start=1):
+        if img.dtype != images[0].dtype or img.device != images[0].device:
+            raise TypeError(
+                f"image {i} is {img.dtype} on {img.device} but image 0 is {images[0].dtype} on "
+                f"{images[0].device}: a batch needs one dtype and one device"
+            )
     max_h = max(int(img.shape[1]) for img in images)
     max_w = max(int(img.shape[2]) for img in images)
     if size_divisibility > 1:
@@ -80,6 +118,11 @@ def to_nested(samples: Union[NestedTensor, Tensor, Sequence[Tensor]]) -> NestedT
     - ``NestedTensor``: returned as is (its mask must be ``[B, H, W]`` bool);
     - ``Tensor [B, 3, H, W]``: no padding, an all-False mask;
     - list/tuple of ``[3, H, W]`` tensors: padded with :func:`nested_tensor_from_tensor_list`.
+
+    Pixels must be float16/bfloat16/float32 (``TypeError`` otherwise, float64 included) and finite
+    (``ValueError``). A ``NestedTensor``'s values are not inspected again (``collate_fn`` checked
+    them on the CPU, and a check here would stall the GPU every step), nor are a tensor's while
+    being traced or compiled.
     """
     if isinstance(samples, NestedTensor):
         t, m = samples.tensors, samples.mask
@@ -90,6 +133,7 @@ def to_nested(samples: Union[NestedTensor, Tensor, Sequence[Tensor]]) -> NestedT
                 f"NestedTensor.mask must be a bool tensor [B, H, W] = {[t.shape[0], t.shape[2], t.shape[3]]}, "
                 f"got {m.dtype} {list(m.shape)}"
             )
+        check_pixel_dtype(t.dtype, "NestedTensor.tensors")
         return samples
     if isinstance(samples, Tensor):
         if samples.dim() == 3:
@@ -99,8 +143,9 @@ def to_nested(samples: Union[NestedTensor, Tensor, Sequence[Tensor]]) -> NestedT
             )
         if samples.dim() != 4 or samples.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W] or a list of [3, H, W], got {list(samples.shape)}")
-        if not samples.is_floating_point():
-            raise TypeError(f"images must be a float tensor (normalized), got {samples.dtype}")
+        check_pixel_dtype(samples.dtype, "images")
+        if not _tracing():
+            check_finite_pixels(samples, "images")
         mask = torch.zeros(
             (samples.shape[0], samples.shape[2], samples.shape[3]), dtype=torch.bool, device=samples.device
         )

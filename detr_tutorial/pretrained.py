@@ -188,7 +188,13 @@ def from_official(
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"official checkpoint {os.fspath(checkpoint)!r} not found")
-        state = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        from .checkpoint import CheckpointError, read_weights_file
+
+        state = read_weights_file(checkpoint, map_location, what="official checkpoint")
+        if not isinstance(state, dict):
+            raise CheckpointError(
+                f"official checkpoint {os.fspath(checkpoint)} holds a {type(state).__name__}, expected a dict"
+            )
     else:
         state = torch.hub.load_state_dict_from_url(
             OFFICIAL_URLS[name], map_location=map_location, progress=progress, check_hash=True

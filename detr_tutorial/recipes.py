@@ -41,9 +41,15 @@ class Recipe:
             (``num_classes`` and ``class_names`` always come from the data set).
         dataset: ``"shapes"``, ``"voc"``, ``"coco"`` or ``"folder"`` (a COCO-format folder).
         data_dir: where the data lives (``None``: the data set's default; shapes needs none).
+        image_size: the shorter image side (pixels) the recipe was made for: training and
+            evaluation both resize to it, whatever the data set (a model that learned boxes at
+            128 px scores nothing on 800-px images). ``None``: the data set preset's sizes
+            (for COCO-format data DETR's 480-800 px multi-scale training and 800 px
+            evaluation). ``train`` logs the sizes each split uses.
         dataset_options: extra keyword arguments for the data set builder (``train_``/``val_``
             prefixed: that split only); ``scales``, ``max_size``, ``val_size`` and ``crop`` size
-            the preset augmentation instead (:func:`~detr_tutorial.data.make_transforms`).
+            the preset augmentation instead (:func:`~detr_tutorial.data.make_transforms`), and
+            override ``image_size`` for their split.
         batch_size: images per process per micro-batch; the global batch of one optimizer step
             is ``batch_size * processes * accum_steps``.
         accum_steps: micro-batches accumulated per optimizer step.
@@ -71,6 +77,7 @@ class Recipe:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     dataset: str = "shapes"
     data_dir: Optional[str] = None
+    image_size: Optional[int] = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 2
     accum_steps: int = 1
@@ -117,6 +124,10 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.lr_drop_fraction <= 1.0:
             raise ValueError(f"lr_drop_fraction must be in (0, 1], got {self.lr_drop_fraction}")
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
+        ):
+            raise ValueError(f"image_size must be a positive int (pixels) or None, got {self.image_size!r}")
         if self.lr <= 0 or self.lr_backbone < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, lr_backbone and weight_decay >= 0")
 
@@ -151,7 +162,7 @@ SHAPES_CPU_NOTES: dict[str, str] = {
         "the true width and height at 128 px, 0.80 at 112 px, 1.00 at 144 px, and 1.00 at every "
         "size inside a padded batch; enlarging its boxes by 1/0.905 alone raised its mAP from "
         "0.567 to 0.783. The recipe now trains at 128 px, the only size the data set has "
-        "(dataset_options train_scales=[128]), and the dense encoder head predicts each box's "
+        "(image_size=128, for both splits and any data set), and the dense encoder head predicts each box's "
         "size relative to its cell (encoder_cell_units), so a box is measured in the "
         "features' own pixels whatever the image size (as FCOS scales its regression by the "
         "stride; Deformable DETR's two-stage proposals are cell centres with a fixed size of "
@@ -301,7 +312,7 @@ RECIPES: dict[str, Recipe] = {
             giou_loss_coef=4.0,
         ),
         dataset="shapes",
-        dataset_options={"train_scales": [128]},  # the validation images' size: no padding anywhere
+        image_size=128,  # the shapes images' size, for both splits: no padding anywhere
         batch_size=32,
         lr=3e-3,
         lr_backbone=3e-3,

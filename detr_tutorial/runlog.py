@@ -1,6 +1,7 @@
 """The training log: one JSON object per line (JSONL), appended as training goes, and its plot.
 
-JSONL survives a crash (every line is complete once written) and a resumed run simply appends.
+JSONL survives a crash (every line is complete once written); a resumed run first drops the
+records of the steps after its checkpoint (:func:`trim_log`: they are trained again), then appends.
 Records carry a ``"kind"``: ``"train"`` (step, epoch, lr, loss and its terms, images per second),
 ``"eval"`` (step and the COCO metrics) or ``"end"`` (summary).
 """
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-__all__ = ["JsonlLogger", "read_log", "plot_log"]
+__all__ = ["JsonlLogger", "read_log", "trim_log", "plot_log"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,6 +60,30 @@ def read_log(path: PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def trim_log(path: PathLike, step: int) -> int:
+    """Drop the records of steps after ``step`` (and torn lines) from a log; return how many went.
+
+    A run resumed from the checkpoint of ``step`` replays the steps after it: without trimming,
+    the log would hold those steps twice (the killed run's and the resumed run's). The file is
+    rewritten atomically (temporary file + :func:`os.replace`), so a crash keeps the old log.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    records = read_log(path)
+    kept = [r for r in records if not (isinstance(r.get("step"), int) and r["step"] > step)]
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in kept:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    return dropped
 
 
 def plot_log(

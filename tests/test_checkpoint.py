@@ -165,3 +165,128 @@ def test_exported_half_precision_model_is_smaller_and_rebuilds(trained, tmp_path
     for k, v in model.state_dict().items():
         assert v.dtype == full[k].dtype
         torch.testing.assert_close(v, full[k], atol=1e-2, rtol=1e-3)  # float16 rounding
+
+
+# ------------------------------------------------------------------ failures and resumes
+def test_disk_full_during_a_write_raises_a_checkpoint_error_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "checkpoint.pth"
+    ckpt_io.save_checkpoint({"model": {"w": torch.ones(3)}, "step": 1}, path)
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ckpt_io.CheckpointError, match="No space left on device") as err:
+        ckpt_io.save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
+    monkeypatch.undo()
+    assert "checkpoint.pth" in str(err.value)
+    assert ckpt_io.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_a_checkpoint_folder_under_a_file_raises_a_checkpoint_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ckpt_io.CheckpointError, match="cannot write checkpoint"):
+        ckpt_io.save_checkpoint({"model": {}}, tmp_path / "file" / "checkpoint.pth")
+
+
+def test_empty_official_checkpoint_file_is_a_checkpoint_error_not_eof(tmp_path):
+    from detr_tutorial.pretrained import from_official
+
+    empty = tmp_path / "detr.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ckpt_io.CheckpointError, match="cannot read official checkpoint"):
+        from_official("detr-r50", checkpoint=str(empty))
+
+
+def test_unreadable_backbone_weights_file_is_a_checkpoint_error(tmp_path):
+    from detr_tutorial.models.backbone import Backbone
+
+    bad = tmp_path / "resnet18.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ckpt_io.CheckpointError, match="cannot read backbone weights file"):
+        Backbone("resnet18", weights=str(bad))
+
+
+def test_export_refuses_a_bare_state_dict_it_cannot_describe(tmp_path):
+    bare = tmp_path / "bare.pth"
+    torch.save(_tiny_model(3).state_dict(), bare)
+    with pytest.raises(ckpt_io.CheckpointError, match="no model config"):
+        ckpt_io.export_model(bare, tmp_path / "small.pth")
+    assert not (tmp_path / "small.pth").exists()
+
+
+def test_resume_with_another_batch_size_is_refused(trained, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=2, this run has batch_size=4"):
+        train(tiny_recipe(max_steps=3, batch_size=4), tmp_path, device="cpu", datasets=(TinyBoxes(8), None),
+              resume=trained.checkpoint, final_eval=False, progress=False)
+
+
+def test_resume_with_a_budget_below_the_checkpoint_step_is_refused(trained, tmp_path):
+    with pytest.raises(ValueError, match="at step 2, past this run's budget of 1 steps"):
+        train(tiny_recipe(), tmp_path, device="cpu", max_steps=1, datasets=(TinyBoxes(8), None),
+              resume=trained.checkpoint, final_eval=False, progress=False)
+
+
+def test_resume_with_a_longer_budget_warns_and_lays_the_schedule_over_it(trained, tmp_path, caplog):
+    import shutil
+
+    shutil.copy(trained.checkpoint, tmp_path / "checkpoint.pth")
+    recipe = tiny_recipe(lr_drop_fraction=0.5, lr_drop_factor=0.1)  # the run planned 2 steps: drop at 1
+    with caplog.at_level("WARNING"):
+        train(recipe, tmp_path, device="cpu", max_steps=8, datasets=(TinyBoxes(8), None),
+              resume=tmp_path / "checkpoint.pth", final_eval=False, progress=False)
+    assert "planned for 2 steps with a budget of 8" in caplog.text
+    lrs = {r["step"]: r["lr"] for r in _log_records(tmp_path) if r["kind"] == "train"}
+    assert lrs[3] == pytest.approx(1e-4) and lrs[5] == pytest.approx(1e-5)  # new drop at step 4
+
+
+def test_resume_removes_temporary_files_of_interrupted_writes_and_trims_replayed_log_steps(trained, tmp_path):
+    import shutil
+
+    shutil.copy(trained.checkpoint, tmp_path / "checkpoint.pth")
+    shutil.copy(trained.log, tmp_path / "log.jsonl")
+    stale = tmp_path / ".checkpoint.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with open(tmp_path / "log.jsonl", "a", encoding="utf-8") as f:  # a killed run got to step 3
+        f.write('{"kind": "train", "step": 3, "loss": 9.0}\n{"kind": "train", "st')
+    train(tiny_recipe(), tmp_path, device="cpu", max_steps=3, datasets=(TinyBoxes(8), None),
+          resume=tmp_path / "checkpoint.pth", final_eval=False, progress=False)
+    assert not stale.exists()
+    steps = [r["step"] for r in _log_records(tmp_path) if r["kind"] == "train"]
+    assert steps == [1, 2, 3]
+    assert [r["loss"] for r in _log_records(tmp_path) if r["kind"] == "train" and r["step"] == 3] != [9.0]
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, whatever the test runner inherited (a job started in the
+    background by a non-interactive shell starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_uninterrupted_parameters(tmp_path, python_sigint_handler):
+    from detr_tutorial.train import TrainingInterrupted
+
+    whole = train(tiny_recipe(max_steps=3), tmp_path / "whole", device="cpu", datasets=(TinyBoxes(8), None),
+                  final_eval=False, progress=False)
+
+    def press_ctrl_c(info):
+        if info.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as err:
+        train(tiny_recipe(max_steps=3), tmp_path / "cut", device="cpu", datasets=(TinyBoxes(8), None),
+              final_eval=False, progress=False, on_step_end=press_ctrl_c)
+    assert err.value.step == 1 and ckpt_io.load_checkpoint(err.value.checkpoint)["step"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    resumed = train(tiny_recipe(max_steps=3), tmp_path / "cut", device="cpu", datasets=(TinyBoxes(8), None),
+                    resume=err.value.checkpoint, final_eval=False, progress=False)
+    a = torch.load(whole.final_model, weights_only=True)["model"]
+    b = torch.load(resumed.final_model, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

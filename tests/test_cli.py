@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from detr_tutorial.data import ShapesConfig, ShapesDataset
+from reference_data import load_io, reference_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -143,18 +144,15 @@ def test_fine_tuning_on_other_classes_says_how_to_replace_the_class_head(run_dir
     assert torch.load(tmp_path / "ft" / "model_final.pth", weights_only=True)["class_names"] == ["circle", "rectangle"]
 
 
-REFERENCE = REPO_ROOT.parent / "shared" / "reference"
-
-
 def test_convert_reads_an_official_checkpoint_and_reproduces_its_outputs(tmp_path, run):
     # the official code's model (ResNet-18, hidden 64, 4 heads) and its outputs on two images
     out = tmp_path / "ours.pth"
-    proc = run("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(out), "--set", "nheads=4")
+    proc = run("convert", "--official", str(reference_path("official_detr.pth")), "--out", str(out), "--set", "nheads=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from detr_tutorial.checkpoint import model_from_checkpoint
 
     model = model_from_checkpoint(out).eval()
-    io = torch.load(REFERENCE / "io.pt", weights_only=True)
+    io = load_io()
     with torch.no_grad():
         got = model(io["images"])
     torch.testing.assert_close(got["pred_logits"], io["outputs"]["pred_logits"], atol=1e-4, rtol=1e-4)
@@ -162,7 +160,7 @@ def test_convert_reads_an_official_checkpoint_and_reproduces_its_outputs(tmp_pat
 
 
 def test_convert_of_a_checkpoint_that_does_not_fit_the_named_model_is_one_line_and_exit_2(tmp_path, run):
-    proc = run("convert", "--official", str(REFERENCE / "official_detr.pth"), "--out", str(tmp_path / "x.pth"),
+    proc = run("convert", "--official", str(reference_path("official_detr.pth")), "--out", str(tmp_path / "x.pth"),
                "--name", "detr-r50")
     assert_one_line_error(proc, "does not fit")
     assert not (tmp_path / "x.pth").exists()

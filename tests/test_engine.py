@@ -56,6 +56,17 @@ def test_non_finite_loss_stops_training_naming_the_step_and_terms():
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not applied
 
 
+def test_divergence_is_reported_by_the_engine_with_step_learning_rate_and_loss_terms():
+    # lr 1e6 turns the predictions into NaN after one step, before any loss is NaN: the matcher
+    # would refuse them first ("pred_logits contains NaN") without naming the step or the rate
+    model, criterion = _tiny()
+    opt = build_optimizer(model, 1e6, 1e6, 1e-4)
+    with pytest.raises(NonFiniteLossError) as err:
+        train_one_epoch(model, criterion, _loader(2, n=16), opt, "cpu", epoch=0, max_norm=0)
+    message = str(err.value)
+    assert "step 2" in message and "lr 1e+06" in message and "loss_ce=" in message and "pred_logits" in message
+
+
 def test_accumulating_two_micro_batches_equals_one_batch_of_their_union():
     # TinyBoxes has two boxes per image, so both ways normalize the losses identically
     results = []
@@ -98,6 +109,19 @@ def test_amp_auto_uses_bf16_only_where_the_cpu_computes_it_natively(monkeypatch,
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
     assert train_module.resolve_amp("auto", torch.device("cpu")) == expected
     assert train_module.resolve_amp("fp16", torch.device("cpu")) == "fp16"  # explicit choices are kept
+
+
+@pytest.mark.parametrize("vendor, flags, expected", [
+    ("GenuineIntel", "avx512f avx512_bf16 amx_bf16 amx_tile", True),  # AMX: fast bf16 convolutions
+    ("AuthenticAMD", "avx512f avx512_bf16", True),  # measured 1.7x more shapes-cpu steps
+    ("GenuineIntel", "avx512f avx512_bf16 avx512_fp16", False),  # measured 2.4x slower steps
+    ("GenuineIntel", "avx2 fma", False),  # emulated bfloat16
+])
+def test_bf16_counts_as_native_only_on_cpus_where_it_was_measured_faster(monkeypatch, vendor, flags, expected):
+    from detr_tutorial import train as train_module
+
+    monkeypatch.setattr(train_module, "_cpu_info", lambda: (vendor, set(flags.split())))
+    assert train_module.cpu_has_native_bf16() is expected
 
 
 def test_recipes_accept_amp_auto_and_refuse_unknown_precisions():

@@ -1,6 +1,5 @@
 """The DETR model: presets, parameter counts, shapes, padding invariance, attention outputs."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -546,3 +545,22 @@ def test_cell_geometry_counts_a_cell_as_the_images_when_its_centre_is_on_a_valid
     from detr_tutorial.models.backbone import mask_to_feature_size
 
     assert (~mask_to_feature_size(image_mask, (9, 9))[0]).sum(0).max().item() == 9
+
+
+@pytest.mark.parametrize("dec_layers", [1, 2])
+def test_every_parameter_of_the_default_recipe_model_gets_a_gradient(dec_layers):
+    """DDP stops on parameters the loss does not use ("parameters that were not used in producing
+    loss"); a one-layer conditional decoder used to carry an unused ``query_scale``."""
+    from detr_tutorial.criterion import build_criterion
+    from detr_tutorial.recipes import get_recipe
+
+    overrides = dict(get_recipe("shapes-cpu").model_overrides)
+    overrides.update(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=dec_layers, dim_feedforward=64, num_queries=5)
+    cfg = dt.get_config("detr-tiny", **overrides, num_classes=3, class_names=["a", "b", "c"])
+    torch.manual_seed(0)
+    model, criterion = dt.build_model(cfg), build_criterion(cfg)
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": boxes} for _ in range(2)]
+    criterion.total(criterion(model(torch.randn(2, 3, 64, 64)), targets)).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []

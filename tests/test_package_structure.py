@@ -18,6 +18,9 @@ FORBIDDEN = {
     "box_ops": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config", "nested"),
     "nested": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config"),
     "config": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "nested"),
+    "image_io": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config", "nested"),
+    "weights_io": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config", "nested",
+                   "checkpoint"),
 }
 
 
@@ -75,3 +78,15 @@ def test_public_api_of_the_design_is_exported():
     ):
         assert hasattr(dt, name), name
     assert {"detr-r50", "detr-r101", "detr-tiny"} <= set(dt.PRESETS)
+
+
+def test_every_torch_load_goes_through_the_package_weights_loader():
+    """``weights_io.read_weights_file`` is the one place that unpickles (weights_only, one-line
+    errors); a ``torch.load`` anywhere else would bring back raw EOFErrors or unsafe loading."""
+    calls = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                    calls.append(path.relative_to(PACKAGE).as_posix())
+    assert calls == ["weights_io.py"], calls

@@ -43,6 +43,18 @@ TINY_MODEL = dict(
 )
 
 
+def default_recipe_model(**overrides: Any) -> dict[str, Any]:
+    """The default recipe's model family (``shapes-cpu``: a smallcnn trunk with trainable
+    BatchNorm, two-stage queries, box refinement, focal loss, a dense encoder loss), shrunk so a
+    step takes milliseconds. Its BatchNorm makes processes depend on each other's images."""
+    from detr_tutorial.recipes import get_recipe
+
+    model = dict(get_recipe("shapes-cpu").model_overrides)
+    model.update(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5)
+    model.update(overrides)
+    return model
+
+
 class TinyBoxes(Dataset):
     """``n`` random 64x64 images, two boxes each; train split augments with noise and flips.
 
@@ -122,15 +134,22 @@ def _main() -> None:
     p.add_argument("--hang-at", type=int, default=0, help="stop making progress after this step")
     p.add_argument("--resume")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--model", choices=["tiny", "default"], default="tiny",
+                   help="default: the default recipe's model family (default_recipe_model)")
+    p.add_argument("--dec-layers", type=int)
     a = p.parse_args()
     torch.set_num_threads(1)
+    model = default_recipe_model() if a.model == "default" else {}
+    model["dropout"] = a.dropout
+    if a.dec_layers is not None:
+        model["dec_layers"] = a.dec_layers
     recipe = tiny_recipe(
         max_steps=a.steps,
         batch_size=a.batch_size,
         accum_steps=a.accum,
         checkpoint_every=a.checkpoint_every,
         num_workers=a.workers,
-        model_overrides={"dropout": a.dropout},
+        model_overrides=model,
     )
     out = Path(a.out)
 

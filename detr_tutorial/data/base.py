@@ -12,7 +12,8 @@ code never needs to know which data set it is looking at.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -21,9 +22,45 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..image_io import read_image, upright, upright_size
 from .coco_format import coco_from_dict
 
 Transforms = Callable[[object, dict], tuple]
+
+
+def load_annotated_image(
+    path: Union[str, Path], width: int, height: int, what: str
+) -> tuple[Image.Image, bool]:
+    """Read the image that an annotation of size ``width x height`` describes, in the frame its
+    boxes refer to; returns ``(8-bit RGB image, whether an EXIF orientation was left unapplied)``.
+
+    A photo with an EXIF orientation is stored sideways (or mirrored) and shown upright. Which of
+    the two did the annotator draw on? The sizes written beside the boxes tell, when they can:
+
+    * they match the upright image but not the stored one (a 90 degree turn): the boxes are on
+      the upright image, which is what is returned;
+    * they match the stored pixels: the boxes are on those, which are returned unturned. This
+      includes the case the sizes cannot decide (a flip, a half turn, a square image), where we
+      follow pycocotools, torchvision's ``CocoDetection`` and the official DETR code, which all
+      read the stored pixels (COCO 2017's own annotations were made on them);
+    * they match neither: ``ValueError`` naming ``what``, the file and both sizes, because the
+      boxes would land in the wrong place.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file) for one
+    that cannot be decoded.
+    """
+    image, orientation = read_image(path)
+    stored = image.size
+    shown = upright_size(stored, orientation)
+    if (width, height) == shown and shown != stored:
+        return upright(image, orientation), False
+    if (width, height) == stored:
+        return image, orientation != 1
+    turned = f" ({shown[0]} x {shown[1]} once turned upright by its EXIF orientation)" if shown != stored else ""
+    raise ValueError(
+        f"{what}: the annotation gives the size {width} x {height} (width x height) but the image file "
+        f"{path} is {stored[0]} x {stored[1]}{turned}; its boxes would not line up with the image"
+    )
 
 
 def make_raw_target(

@@ -6,12 +6,27 @@ The mapping from COCO category ids to the model's contiguous labels is explicit:
 ``label_map=`` back when you load it, so ``num_classes`` is never guessed from a json file.
 
 Training targets leave out crowd boxes (``iscrowd=1``, a region of many objects, which the
-COCO evaluation ignores anyway) and boxes that are empty once clipped to the image (the count
-is logged). The pycocotools ground truth (``dataset.coco``) keeps the json untouched.
+COCO evaluation ignores anyway) and boxes that are empty once clipped to the image; boxes that
+stick out of the image are clipped to it. Both are logged as warnings with the file, the count
+and an annotation id. The pycocotools ground truth (``dataset.coco``) keeps the json untouched.
+
+A json that cannot describe its images correctly is refused with a ``ValueError`` naming the
+file and the ids, when the data set is made: no ``images``, ``annotations`` or ``categories``
+list (a test-only json such as ``image_info_test2017.json`` has no ground truth to train or
+evaluate on - run ``predict`` on its images instead; a set whose images truly hold no objects
+writes ``"annotations": []``), duplicate image ids, image sizes that are not positive, annotations
+of an image id the json does not list, of a category it does not list, or whose ``bbox`` is
+not four finite numbers. When an image is read, its size must match the json's (else
+``ValueError``), and a file that cannot be decoded is a ``ValueError`` naming it.
+
+EXIF orientation: the json's ``width``/``height`` decide whether the boxes refer to the photo
+as displayed (turned upright) or to its stored pixels; see
+:func:`~detr_tutorial.data.base.load_annotated_image`.
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Union
@@ -20,7 +35,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from .base import DetectionDataset, Transforms, make_raw_target
+from .base import DetectionDataset, Transforms, load_annotated_image, make_raw_target
 from .coco_format import cat_ids_in_order, load_coco
 
 logger = logging.getLogger(__name__)
@@ -71,6 +86,102 @@ def make_label_map(
     return mapping, tuple(names.get(inverse[i], NO_CATEGORY) for i in range(len(labels)))
 
 
+_REQUIRED_LISTS = ("images", "annotations", "categories")
+_NO_ANNOTATIONS_HINT = (
+    ": a test-only json (like image_info_test2017.json) has no ground truth to train or evaluate "
+    "on; run `predict` on its images instead, or, if the images truly hold no objects, write "
+    '"annotations": []'
+)
+
+
+def _some(ids: Sequence) -> str:
+    """A few ids for a message: ``[1, 2, 3]`` or ``[1, 2, 3, 4, 5] and 7 more``."""
+    ids = list(ids)
+    return f"{ids[:5]}" + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def _is_size(value: object) -> bool:
+    """A positive whole number of pixels (``640`` or ``640.0``, not ``True``, ``0`` or ``nan``)."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value > 0 and float(value).is_integer()
+    )
+
+
+def _is_bbox(value: object) -> bool:
+    """Four finite numbers ``[x, y, w, h]``."""
+    return (
+        isinstance(value, (list, tuple)) and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
+def _check_images(images: list, source: object) -> set:
+    """The image ids of ``images``, after checking each entry (``ValueError`` naming the id)."""
+    seen: set = set()
+    duplicates = []
+    for i, im in enumerate(images):
+        if not isinstance(im, Mapping) or any(k not in im for k in ("id", "file_name", "width", "height")):
+            raise ValueError(f"{source}: images[{i}] needs 'id', 'file_name', 'width' and 'height', got {im!r}")
+        if not (_is_size(im["width"]) and _is_size(im["height"])):
+            raise ValueError(
+                f"{source}: image {im['id']} ({im['file_name']}) has width {im['width']!r} and height "
+                f"{im['height']!r}; both must be positive whole numbers of pixels"
+            )
+        if im["id"] in seen:
+            duplicates.append(im["id"])
+        seen.add(im["id"])
+    if duplicates:
+        raise ValueError(f"{source}: image ids must be unique; repeated: {_some(duplicates)}")
+    return seen
+
+
+def _check_annotations(annotations: list, image_ids: set, cat_ids: set, source: object) -> None:
+    """Every annotation names a listed image and category and has a finite ``bbox``."""
+    orphans = []
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, Mapping) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
+            raise ValueError(
+                f"{source}: annotations[{i}] needs 'id', 'image_id', 'category_id' and 'bbox', got {ann!r}"
+            )
+        if ann["image_id"] not in image_ids:
+            orphans.append(ann["id"])
+        elif ann["category_id"] not in cat_ids:
+            raise ValueError(
+                f"{source}: annotation {ann['id']} (image {ann['image_id']}) has category id "
+                f"{ann['category_id']!r}, which is not among the json's categories {sorted(cat_ids)}"
+            )
+        elif not _is_bbox(ann["bbox"]):
+            raise ValueError(
+                f"{source}: annotation {ann['id']} (image {ann['image_id']}) has bbox {ann['bbox']!r}; "
+                f"it must be four finite numbers [x, y, width, height]"
+            )
+    if orphans:
+        raise ValueError(
+            f"{source}: {len(orphans)} annotation(s) refer to image ids the json does not list in "
+            f"'images': annotation ids {_some(orphans)}"
+        )
+
+
+def check_coco_json(dataset: object, source: object) -> None:
+    """Refuse a COCO-format dict whose boxes could not be read correctly (see the module's
+    docstring for the rules); ``source`` (the json file) names it in the ``ValueError``."""
+    if not isinstance(dataset, Mapping):
+        raise ValueError(f"{source}: a COCO json holds an object with 'images', 'annotations' and "
+                         f"'categories', got {type(dataset).__name__}")
+    for key in _REQUIRED_LISTS:
+        if key not in dataset:
+            raise ValueError(f"{source} has no {key!r} list" + (_NO_ANNOTATIONS_HINT if key == "annotations" else ""))
+        if not isinstance(dataset[key], list):
+            raise ValueError(f"{source}: {key!r} must be a list, got {type(dataset[key]).__name__}")
+    for i, cat in enumerate(dataset["categories"]):
+        if not isinstance(cat, Mapping) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{source}: categories[{i}] needs an 'id' and a 'name', got {cat!r}")
+    image_ids = _check_images(dataset["images"], source)
+    cat_ids = {c["id"] for c in dataset["categories"]}
+    _check_annotations(dataset["annotations"], image_ids, cat_ids, source)
+
+
 class CocoDetection(DetectionDataset):
     """A COCO-format detection data set.
 
@@ -96,7 +207,8 @@ class CocoDetection(DetectionDataset):
             raise FileNotFoundError(f"COCO image folder not found: {self.img_folder}")
         self._coco = load_coco(ann_file)
         self.ann_file = Path(ann_file)
-        self.label_map, self.class_names = make_label_map(self._coco.dataset.get("categories", []), label_map)
+        check_coco_json(self._coco.dataset, self.ann_file)
+        self.label_map, self.class_names = make_label_map(self._coco.dataset["categories"], label_map)
         if label_map == "category_id":
             # every label is a category id, also the "N/A" ones an official checkpoint may
             # still predict; pycocotools ignores detections of categories without ground truth
@@ -104,35 +216,45 @@ class CocoDetection(DetectionDataset):
         else:
             self.label_to_cat_id = {label: cid for cid, label in self.label_map.items()}
         self.ids = sorted(self._coco.imgs)
+        self._warned_orientation = False
         self._targets = self._training_targets()
 
     def _training_targets(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per image: the boxes (xyxy, clipped) and labels used for training."""
-        targets, crowd, degenerate = [], 0, 0
+        """Per image: the boxes (xyxy, clipped to the image) and labels used for training."""
+        targets, crowd = [], 0
+        degenerate: list[int] = []  # annotation ids
+        clipped: list[int] = []
         for img_id in self.ids:
             info = self._coco.imgs[img_id]
+            width, height = float(info["width"]), float(info["height"])
             boxes, labels = [], []
             for ann in self._coco.imgToAnns.get(img_id, []):
                 if ann.get("iscrowd", 0):
                     crowd += 1
                     continue
-                x, y, w, h = ann["bbox"]
+                x, y, w, h = (float(v) for v in ann["bbox"])
                 x1, y1 = max(x, 0.0), max(y, 0.0)
-                x2, y2 = min(x + w, info["width"]), min(y + h, info["height"])
+                x2, y2 = min(x + w, width), min(y + h, height)
                 if x2 <= x1 or y2 <= y1:
-                    degenerate += 1
+                    degenerate.append(ann["id"])
                     continue
+                if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                    clipped.append(ann["id"])
                 boxes.append([x1, y1, x2, y2])
                 labels.append(self.label_map[int(ann["category_id"])])
             targets.append(
                 (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
             )
         if degenerate:
-            logger.warning("%s: removed %d degenerate (empty) boxes from the training targets",
-                           self.ann_file, degenerate)
+            logger.warning("%s: removed %d degenerate (empty once clipped to the image) boxes from the "
+                           "training targets, e.g. annotation %s", self.ann_file, len(degenerate), degenerate[0])
+        if clipped:
+            logger.warning("%s: clipped %d boxes that reach outside their image to it in the training "
+                           "targets, e.g. annotation %s", self.ann_file, len(clipped), clipped[0])
         logger.info("%s: %d images, %d crowd boxes left out of the training targets",
                     self.ann_file, len(self.ids), crowd)
-        self.num_crowd_removed, self.num_degenerate_removed = crowd, degenerate
+        self.num_crowd_removed, self.num_degenerate_removed = crowd, len(degenerate)
+        self.num_clipped = len(clipped)
         return targets
 
     def __len__(self) -> int:
@@ -140,10 +262,17 @@ class CocoDetection(DetectionDataset):
 
     def load(self, index: int) -> tuple[Image.Image, dict]:
         img_id = self.ids[index]
-        path = self.img_folder / self._coco.imgs[img_id]["file_name"]
+        info = self._coco.imgs[img_id]
+        path = self.img_folder / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {img_id} of {self.ann_file} not found: {path}")
-        image = Image.open(path).convert("RGB")
+        what = f"image {img_id} of {self.ann_file}"
+        image, unturned = load_annotated_image(path, int(info["width"]), int(info["height"]), what)
+        if unturned and not self._warned_orientation:
+            self._warned_orientation = True
+            logger.warning("%s (%s) has an EXIF orientation that its json size cannot confirm; its boxes are "
+                           "read on the stored pixels, as pycocotools does (later such images are not reported)",
+                           what, path)
         boxes, labels = self._targets[index]
         width, height = image.size
         return image, make_raw_target(boxes, labels, img_id, height, width)

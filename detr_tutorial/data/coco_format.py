@@ -108,8 +108,11 @@ def load_coco(ann_file: PathLike) -> COCO:
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
-    with open(ann_file) as f:
-        dataset = json.load(f)
+    with open(ann_file, encoding="utf-8") as f:
+        try:
+            dataset = json.load(f)
+        except json.JSONDecodeError as exc:  # its message alone does not say which file
+            raise ValueError(f"{ann_file} is not valid JSON: {exc}") from exc
     return coco_from_dict(dataset)
 
 

@@ -16,6 +16,7 @@ and a light one for the 128-pixel synthetic shapes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -185,6 +186,49 @@ def make_transforms(
     steps += to_float_tensor(normalize)
     steps.append(ToDetrTarget())
     return v2.Compose(steps)
+
+
+@dataclass(frozen=True)
+class ImageSizes:
+    """The sizes a :func:`make_transforms` pipeline resizes images to.
+
+    ``shorter``: the shorter side in pixels (training draws one of them per image), or ``None``
+    when the images keep their own size; ``max_size``: the cap on the longer side (``None``: none).
+    """
+
+    shorter: tuple[int, ...] | None
+    max_size: int | None = None
+
+    def __str__(self) -> str:
+        if self.shorter is None:
+            return "the images' own size"
+        sides = ", ".join(str(v) for v in self.shorter)
+        text = f"shorter side {sides} px" if len(self.shorter) == 1 else f"shorter side one of {sides} px"
+        return text + (f" (longer side at most {self.max_size} px)" if self.max_size else "")
+
+
+def preset_sizes(
+    split: str,
+    dataset: str = "shapes",
+    *,
+    scales: Sequence[int] | None = None,
+    max_size: int | None = None,
+    val_size: int | None = None,
+) -> ImageSizes:
+    """The sizes ``make_transforms(split, dataset, scales=..., max_size=..., val_size=...)``
+    resizes to (the last resize of the pipeline: after the random crop, training resizes again)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if dataset in ("coco", "voc", "folder"):
+        cap = max_size or COCO_MAX_SIZE
+        if split == "train":
+            return ImageSizes(tuple(scales or COCO_TRAIN_SCALES), cap)
+        return ImageSizes((val_size or COCO_VAL_SIZE,), cap)
+    if dataset == "shapes":
+        if split == "train":
+            return ImageSizes(tuple(scales or SHAPES_TRAIN_SCALES), max_size)
+        return ImageSizes((val_size,), max_size) if val_size is not None else ImageSizes(None)
+    return ImageSizes(None)
 
 
 def default_transforms() -> v2.Compose:

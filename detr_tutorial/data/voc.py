@@ -11,6 +11,10 @@ neither a true nor a false positive). ``keep_difficult=True`` treats them as ord
 
 Box convention: VOC stores 1-based, inclusive pixel indices ``xmin..xmax``; in pixel-edge
 coordinates that object spans ``[xmin - 1, xmax)``, so ``x1 = xmin - 1`` and ``x2 = xmax``.
+
+An image whose file size differs from its XML ``<size>``, or that cannot be decoded, is a
+``ValueError`` naming the files; the ``<size>`` also decides, as for COCO, whether an EXIF
+orientation is applied (:func:`~detr_tutorial.data.base.load_annotated_image`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.datasets import VOCDetection
 
-from .base import DetectionDataset, Transforms, make_raw_target
+from .base import DetectionDataset, Transforms, load_annotated_image, make_raw_target
 from .coco_format import build_coco_dict, coco_from_dict, write_json
 
 logger = logging.getLogger(__name__)
@@ -50,13 +54,23 @@ def parse_voc_xml(path: str | Path) -> dict:
     size = root.find("size")
     if size is None:
         raise ValueError(f"{path}: VOC annotation has no <size> element")
-    width, height = int(size.findtext("width")), int(size.findtext("height"))
+    try:
+        width, height = int(size.findtext("width")), int(size.findtext("height"))
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: <size> needs whole-number <width> and <height>") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path}: <size> must be positive, got width {width} and height {height}")
     boxes, names, difficult = [], [], []
     for obj in root.iter("object"):
         bnd = obj.find("bndbox")
         if bnd is None:
             raise ValueError(f"{path}: an <object> has no <bndbox>")
-        xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        try:
+            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: a <bndbox> needs numeric <xmin>, <ymin>, <xmax> and <ymax>") from None
+        if not all(np.isfinite([xmin, ymin, xmax, ymax])):
+            raise ValueError(f"{path}: a <bndbox> holds a non-finite coordinate: {[xmin, ymin, xmax, ymax]}")
         boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         names.append(obj.findtext("name").strip())
         difficult.append(int(obj.findtext("difficult") or 0))
@@ -117,6 +131,7 @@ class VOCDataset(DetectionDataset):
         self.label_to_cat_id = {label: label + 1 for label in range(len(VOC_CLASSES))}
         self._name_to_label = {name: i for i, name in enumerate(VOC_CLASSES)}
         self._parsed: dict[int, dict] = {}
+        self._warned_orientation = False
 
     def __len__(self) -> int:
         return len(self._voc.images)
@@ -133,8 +148,13 @@ class VOCDataset(DetectionDataset):
         return self._parsed[index]
 
     def load(self, index: int) -> tuple[Image.Image, dict]:
-        image = Image.open(self._voc.images[index]).convert("RGB")
         ann = self.annotation(index)
+        what = str(self._voc.annotations[index])
+        image, unturned = load_annotated_image(self._voc.images[index], ann["width"], ann["height"], what)
+        if unturned and not self._warned_orientation:
+            self._warned_orientation = True
+            logger.warning("%s: the image has an EXIF orientation that its <size> cannot confirm; its boxes "
+                           "are read on the stored pixels (later such images are not reported)", what)
         keep = np.ones(len(ann["labels"]), bool) if self.keep_difficult else ~ann["difficult"]
         width, height = image.size
         return image, make_raw_target(ann["boxes"][keep], ann["labels"][keep], index, height, width)

@@ -13,7 +13,7 @@ values are the identity, so nothing normalizes the activations and they blow up
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ _IMAGENET_WEIGHTS = {
 }
 
 
-def mask_to_feature_size(mask: Tensor, size: tuple[int, int]) -> Tensor:
+def mask_to_feature_size(mask: Tensor, size: List[int]) -> Tensor:
     """Shrink a padding mask ``[B, H, W]`` (True = padding) to a feature map's ``(h, w)``.
 
     Nearest-neighbour resampling, exactly as the official code does it.
@@ -93,7 +93,13 @@ class Backbone(nn.Module):
             norm_layer=norm_layer,
         )
         if local_path is not None:
-            state = torch.load(local_path, map_location="cpu", weights_only=True)
+            from ..weights_io import CheckpointError, read_weights_file  # weights_only, one-line errors
+
+            state = read_weights_file(local_path, "cpu", what="backbone weights file")
+            if not isinstance(state, dict):
+                raise CheckpointError(
+                    f"backbone weights file {local_path} holds a {type(state).__name__}, expected a state dict"
+                )
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = body.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.") and "num_batches_tracked" not in k]
@@ -124,14 +130,17 @@ class Backbone(nn.Module):
         self.stride = 16 if (dilation or stride == 16) else 32
         self.fine_features = fine_features
 
-    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, mask: Tensor) -> List[Tensor]:
         """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``
-        (and, with ``fine_features``, the finer map ``[B, C', 2h, 2w]`` and its mask)."""
+        (and, with ``fine_features``, the finer map ``[B, C', 2h, 2w]`` and its mask).
+
+        A list, not a tuple: TorchScript has no tuples of varying length (``torch.jit.script``
+        compiles this trunk, as the official repository's tests do)."""
         maps = self.body(images)
         features = maps["0"]  # [B, C, H/stride, W/stride]
-        out = (features, mask_to_feature_size(mask, features.shape[-2:]))
+        out = [features, mask_to_feature_size(mask, features.shape[-2:])]
         if self.fine_features:
-            out += (maps["fine"], mask_to_feature_size(mask, maps["fine"].shape[-2:]))
+            out += [maps["fine"], mask_to_feature_size(mask, maps["fine"].shape[-2:])]
         return out
 
 

@@ -7,6 +7,7 @@ Each of the ``num_queries`` decoder outputs becomes one prediction: a class dist
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -213,6 +214,14 @@ class DETR(nn.Module):
                 out["dec_attn_fine"] = t["dec_attn_fine"]  # [L_dec, B, heads, Q, h'w']
                 out["fine_shape"] = (int(fine[0].shape[-2]), int(fine[0].shape[-1]))
         return out
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(model)`` compiles: :class:`~detr_tutorial.models.scriptable.ScriptableDETR`,
+        this model's own modules chained in TorchScript's subset of Python (paper's family only;
+        it raises a ``ValueError`` naming the options that do not script)."""
+        from .scriptable import ScriptableDETR
+
+        return ScriptableDETR(self)
 
     def _box_head(self, hs: Tensor) -> Tensor:
         """``bbox_embed`` in float32 even under autocast: its outputs are sub-pixel coordinates
@@ -439,7 +448,16 @@ def _to_image_tensor(image: Any) -> Tensor:
     if isinstance(image, Image.Image):
         from torchvision.transforms.functional import pil_to_tensor
 
-        return pil_to_tensor(image.convert("RGB")).float() / 255.0
+        from ..image_io import exif_orientation, to_rgb
+
+        if exif_orientation(image) != 1:
+            warnings.warn(
+                f"this image has EXIF orientation {exif_orientation(image)}: predicting on its stored pixels, "
+                "and the boxes refer to them; pass PIL.ImageOps.exif_transpose(image) (or an image read by "
+                "detr_tutorial.image_io.open_image) to predict on the image as viewers show it",
+                stacklevel=3,
+            )
+        return pil_to_tensor(to_rgb(image)).float() / 255.0  # 16-bit and float modes rescaled, not clipped
     raise TypeError(f"images must be PIL images or [3, H, W] tensors, got {type(image).__name__}")
 
 
@@ -455,6 +473,11 @@ def predict(
     Images are normalized here and batched at their own sizes (padding masked). Returns one dict
     per image with ``boxes`` (xyxy pixels), ``scores``, ``labels``, ``query`` (which query made
     each detection) and, when the model knows them, ``names``; only scores ``>= threshold`` kept.
+
+    A PIL image is taken as its pixels, 16-bit and float modes rescaled to ``[0, 1]`` (not
+    clipped); one whose EXIF orientation says it is shown turned gets a warning, as the boxes
+    then refer to the stored, unturned pixels (``detr_tutorial.image_io.open_image`` reads a file
+    upright). Tensors with NaN or infinite pixels are a ``ValueError``, float64 a ``TypeError``.
     """
     single = not isinstance(images, (list, tuple))
     batch = [_to_image_tensor(im) for im in ([images] if single else images)]

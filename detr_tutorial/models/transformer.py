@@ -91,8 +91,8 @@ class MultiheadAttention(nn.Module):
             q = torch.cat([q, self._split_heads(query_extra.expand(q.shape[0], -1, -1))], dim=-1)
             k = torch.cat([k, self._split_heads(key_extra)], dim=-1)  # [B, heads, L, 2 * head_dim]
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        blocked = None  # [B or 1, 1, Lq or 1, Lk], True = masked out
+        weights: Optional[Tensor] = None
+        blocked: Optional[Tensor] = None  # [B or 1, 1, Lq or 1, Lk], True = masked out
         if key_padding_mask is not None:
             blocked = key_padding_mask[:, None, None, :]
         if attn_mask is not None:
@@ -101,14 +101,14 @@ class MultiheadAttention(nn.Module):
         # The explicit path returns the weights; it is also the fast one for bfloat16/float16 on the
         # CPU, where SDPA's fused kernel is several times slower (its backward above all) for
         # DETR's short sequences (benchmarks/RESULTS.md, "attention under CPU autocast").
-        if need_weights or (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)):
+        if need_weights or (q.device.type == "cpu" and (q.dtype == torch.bfloat16 or q.dtype == torch.float16)):
             scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # [B, heads, Lq, Lk]
             if blocked is not None:
                 scores = scores.masked_fill(blocked, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            out = F.dropout(weights, dropout_p, training=self.training) @ v
-            if not need_weights:
-                weights = None
+            probs = scores.softmax(dim=-1)
+            out = F.dropout(probs, dropout_p, training=self.training) @ v
+            if need_weights:
+                weights = probs
         else:
             keep = None if blocked is None else ~blocked  # SDPA: True = take part
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
@@ -241,9 +241,13 @@ class TransformerDecoderLayer(nn.Module):
         ``query_sine [B, Q, d]``: the conditional spatial query (Conditional DETR; post-norm only).
         """
         if query_sine is not None:
-            return self._forward_conditional(
-                tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, is_first
-            )
+            # hasattr is decided when TorchScript compiles: a plain layer never compiles this branch
+            if hasattr(self, "ca_qpos_sine_proj"):
+                return self._forward_conditional(
+                    tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine,
+                    is_first,
+                )
+            raise ValueError("query_sine needs a conditional layer (call make_conditional() first)")
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
@@ -310,7 +314,7 @@ class TransformerEncoder(nn.Module):
         weights = []
         for layer in self.layers:
             src, w = layer(src, key_padding_mask, pos, need_weights)
-            if need_weights:
+            if need_weights and w is not None:  # `is not None` for TorchScript: w is set when asked for
                 weights.append(w)
         if self.norm is not None:
             src = self.norm(src)
@@ -331,8 +335,10 @@ class TransformerDecoder(nn.Module):
             d = layer.cross_attn.embed_dim
             for each in self.layers:
                 each.make_conditional()
-            # lambda_q: a per-channel scale of the spatial code computed from the decoder embedding
-            self.query_scale = MLP(d, d, d, 2)
+            # lambda_q: a per-channel scale of the spatial code computed from the decoder embedding;
+            # the first layer uses the plain code, so a one-layer decoder has none (an unused
+            # parameter would stop DDP: "parameters that were not used in producing loss")
+            self.query_scale: Optional[nn.Module] = MLP(d, d, d, 2) if num_layers > 1 else None
 
     def forward(
         self,
@@ -392,7 +398,9 @@ class TransformerDecoder(nn.Module):
             if ref is not None:
                 references.append(ref)
                 point_code = sine_embed_points(ref[..., :2], tgt.shape[-1])  # [B, Q, d]
-                query_sine = point_code if i == 0 else point_code * self.query_scale(tgt)
+                query_sine = point_code
+                if i > 0 and self.query_scale is not None:
+                    query_sine = point_code * self.query_scale(tgt)
             tgt, w = layer(
                 tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, i == 0
             )

@@ -47,7 +47,9 @@ def image_to_tensor(image: ImageLike) -> torch.Tensor:
     clear message, not later with a shape error deep inside the backbone.
     """
     if _PILImage is not None and isinstance(image, _PILImage.Image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        from ..image_io import to_rgb  # 16-bit and float modes rescaled, not clipped at 255
+
+        array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # [H,W,3] -> [3,H,W]
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:

@@ -1,0 +1,102 @@
+"""The paper's DETR in the subset of Python that ``torch.jit.script`` compiles.
+
+``torch.jit.script(model)`` on a :class:`~detr_tutorial.models.DETR` compiles
+:class:`ScriptableDETR` (``DETR.__prepare_scriptable__`` hands it over), as the official
+repository's ``test_all.py`` scripts its model; :func:`scripting_blockers` says which families
+cannot be scripted and why. ``torch.export`` (``detr_tutorial.export``) handles every family.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import Backbone
+
+__all__ = ["ScriptableDETR", "scripting_blockers"]
+
+
+class ScriptableDETR(nn.Module):
+    """The paper's DETR at inference, in the subset of Python that ``torch.jit.script`` compiles.
+
+    :class:`~detr_tutorial.models.DETR`'s own ``forward`` serves every family of the package
+    (closures for two-stage proposals, box refinement, outputs of many types); TorchScript
+    compiles none of that. This module *shares* the model's submodules and parameters (backbone,
+    position encoding, ``input_proj``, encoder, decoder layers, heads) and chains them as the
+    paper's forward pass does, so its outputs are the model's own (the tests check equality).
+
+    ``forward(images [B, 3, H, W], mask [B, H, W] or None)`` -> ``{"pred_logits", "pred_boxes"}``
+    of the last decoder layer; ``mask`` marks padding pixels (True), ``None`` means none.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        blockers = scripting_blockers(model)
+        if blockers:
+            raise ValueError(
+                "torch.jit.script compiles the paper's DETR only; this model uses "
+                f"{', '.join(blockers)}: export it with torch.export or ONNX instead (--format torch-export or onnx)"
+            )
+        self.backbone = model.backbone
+        self.position_embedding = model.position_embedding
+        self.input_proj = model.input_proj
+        self.encoder = model.transformer.encoder
+        self.decoder_layers = model.transformer.decoder.layers
+        self.decoder_norm = model.transformer.decoder.norm
+        self.query_embed = model.query_embed
+        self.class_embed = model.class_embed
+        self.bbox_embed = model.bbox_embed
+        self.num_queries = int(model.num_queries)
+        self.position_at_input = bool(model.transformer.position_at_input)
+
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        if mask is None:
+            mask = torch.zeros((images.shape[0], images.shape[2], images.shape[3]), dtype=torch.bool, device=images.device)
+        trunk = self.backbone(images, mask)
+        features, cell_mask = trunk[0], trunk[1]  # [B, C, h, w], [B, h, w]
+        pos = self.position_embedding(cell_mask).to(features.dtype).flatten(2).transpose(1, 2)  # [B, hw, d]
+        src = self.input_proj(features).flatten(2).transpose(1, 2)  # [B, hw, d]
+        key_padding_mask = cell_mask.flatten(1)  # [B, hw]
+        if self.position_at_input:
+            src = src + pos
+        queries = self.query_embed.weight[: self.num_queries]  # [Q, d]: the first query group
+        query_pos = queries[None].expand(src.shape[0], -1, -1)  # [B, Q, d]
+        memory, _ = self.encoder(src, key_padding_mask, pos, False)
+        tgt = torch.zeros_like(query_pos)
+        layers_out = []
+        for i, layer in enumerate(self.decoder_layers):
+            tgt, _ = layer(tgt, memory, key_padding_mask, pos, query_pos, False, None, None, i == 0)
+            layers_out.append(self.decoder_norm(tgt))
+        # the heads run on every layer's output, as DETR.forward does, so the last layer's numbers
+        # are bit for bit the model's (a matrix product's rounding can depend on its batch shape)
+        hs = torch.stack(layers_out)  # [L_dec, B, Q, d]
+        logits = self.class_embed(hs.to(self.class_embed.weight.dtype))
+        boxes = self.bbox_embed(hs.to(self.bbox_embed.layers[0].weight.dtype)).sigmoid()
+        return {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+
+
+def scripting_blockers(model: nn.Module) -> list[str]:
+    """The options of ``model`` that :func:`script_model` cannot compile (empty: it scripts).
+
+    The paper's family scripts: a ResNet trunk (with or without dilation), sine or learned
+    positions, post- or pre-norm layers, any number of layers, heads and queries; settings that
+    only change training (auxiliary losses, query groups, the focal loss, the dense encoder head
+    without two-stage) do not matter. The later families do not: two-stage proposals, box
+    refinement, reference points and the conditional decoder, a second feature map, cell units,
+    and the small CNN trunk.
+    """
+    from .detr import DETR  # here: detr.py imports this module
+
+    if not isinstance(model, DETR):
+        raise TypeError(f"expected a detr_tutorial DETR model, got {type(model).__name__}")
+    checks = [
+        (model.two_stage, "two_stage"),
+        (model.box_refine, "box_refine"),
+        (model.reference_points is not None, "reference_points"),
+        (model.transformer.decoder.conditional, "conditional_spatial_query"),
+        (model.fine_proj is not None, "fine_features"),
+        (model.cell_units, "encoder_cell_units"),
+        (not isinstance(model.backbone, Backbone), f"the {type(model.backbone).__name__} trunk"),
+    ]
+    return [name for used, name in checks if used]

@@ -1,0 +1,252 @@
+"""Export for deployment: ONNX (checked with onnxruntime), torch.export and TorchScript.
+
+Every exported graph is compared with the eager model in eval mode at two image sizes (and two
+batch sizes) that differ from the size it was traced at: one file must serve every size.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detr_tutorial as dt
+from detr_tutorial.checkpoint import SHIPPED_MODEL
+from detr_tutorial.export import export_program, scripting_blockers
+from detr_tutorial.models import Backbone, PositionEmbeddingLearned, PositionEmbeddingSine
+
+onnx = pytest.importorskip("onnx")  # requirements.txt installs it; the skip only helps partial set-ups
+ort = pytest.importorskip("onnxruntime")
+
+TOLERANCE = 1e-4
+SIZES = [(1, 96, 128), (2, 128, 160)]  # (batch, height, width): neither is the traced example's size
+
+
+def tiny_detr(**overrides) -> dt.DETR:
+    """The paper's architecture (ResNet trunk, sine positions, post-norm), shrunk to test sizes."""
+    torch.manual_seed(0)
+    cfg = dict(num_classes=3, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
+               num_queries=5, dropout=0.0)
+    return dt.build_model("detr-tiny", **{**cfg, **overrides}).eval()
+
+
+def images(batch: int, height: int, width: int) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+
+
+@torch.no_grad()
+def eager(model: dt.DETR, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(x)
+    return out["pred_logits"], out["pred_boxes"]
+
+
+def max_differences(session, model: dt.DETR) -> list[float]:
+    """Largest |onnxruntime - PyTorch| over logits and boxes, per size in ``SIZES``."""
+    diffs = []
+    for b, h, w in SIZES:
+        x = images(b, h, w)
+        logits, boxes = session.run(["pred_logits", "pred_boxes"], {"images": x.numpy()})
+        ref_logits, ref_boxes = eager(model, x)
+        assert logits.shape == tuple(ref_logits.shape) and boxes.shape == tuple(ref_boxes.shape)
+        diffs.append(max(np.abs(logits - ref_logits.numpy()).max(), np.abs(boxes - ref_boxes.numpy()).max()))
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def vanilla() -> dt.DETR:
+    return tiny_detr()
+
+
+@pytest.fixture(scope="module")
+def vanilla_program(vanilla) -> torch.export.ExportedProgram:
+    """One trace, written below as ONNX and as a ``.pt2`` file (tracing is most of an export's time)."""
+    return export_program(vanilla)
+
+
+@pytest.fixture(scope="module")
+def vanilla_onnx(vanilla_program, tmp_path_factory) -> Path:
+    return dt.export_onnx(vanilla_program, tmp_path_factory.mktemp("onnx") / "detr.onnx")
+
+
+# --------------------------------------------------------------------------------------- ONNX
+def test_onnx_of_the_paper_model_matches_pytorch_at_two_image_sizes(vanilla, vanilla_onnx):
+    session = ort.InferenceSession(str(vanilla_onnx), providers=["CPUExecutionProvider"])
+    assert max(max_differences(session, vanilla)) <= TOLERANCE
+
+
+def test_onnx_file_has_opset_18_one_image_input_and_dynamic_batch_height_width(vanilla_onnx):
+    proto = onnx.load(str(vanilla_onnx))
+    onnx.checker.check_model(proto)
+    assert {op.domain: op.version for op in proto.opset_import}[""] >= 17
+    (inp,) = proto.graph.input
+    assert inp.name == "images"
+    dims = inp.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1] == 3
+    assert all(dims[i].dim_param for i in (0, 2, 3))  # symbolic, not fixed numbers
+    assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
+
+
+@pytest.mark.slow  # ~20 s: a second ONNX translation
+def test_export_command_writes_the_shipped_model_as_onnx_that_matches_pytorch(tmp_path, run):
+    out = tmp_path / "shapes.onnx"
+    result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "onnx", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["shapes.onnx"]  # no temporary file left behind
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert max(max_differences(session, dt.load_shipped_model())) <= TOLERANCE
+
+
+def test_onnx_opset_below_17_is_refused(vanilla, tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        dt.export_onnx(vanilla, tmp_path / "old.onnx", opset=12)
+
+
+# ------------------------------------------------------------------------------- torch.export
+def test_torch_export_file_reloads_and_matches_pytorch_at_two_image_sizes(vanilla, vanilla_program, tmp_path):
+    path = dt.export_torch(vanilla_program, tmp_path / "detr.pt2")
+    loaded = torch.export.load(str(path)).module()
+    for b, h, w in SIZES:
+        x = images(b, h, w)
+        for got, ref in zip(loaded(x), eager(vanilla, x)):
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= TOLERANCE
+
+
+def test_export_of_a_model_in_training_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="eval"):
+        dt.export_onnx(tiny_detr().train(), tmp_path / "x.onnx")
+
+
+def test_a_model_that_fixes_a_size_while_tracing_is_refused_at_export_time(vanilla, monkeypatch):
+    """``int(shape)`` in model code freezes the graph to the example's size: say so when exporting."""
+    real_forward = PositionEmbeddingSine.forward
+
+    def frozen(self, mask, *rest):
+        h, w = int(mask.shape[1]), int(mask.shape[2])  # the feature map's size, as Python ints
+        return real_forward(self, mask.reshape(-1, h, w), *rest)
+
+    monkeypatch.setattr(PositionEmbeddingSine, "forward", frozen)
+    with pytest.raises(ValueError, match="only accepts the example's size"):
+        export_program(vanilla)
+
+
+# ------------------------------------------------------------------------------- TorchScript
+# As the official repository's test_all.py: the model, its backbone and its position encodings.
+def test_position_encodings_script_and_match_eager():
+    mask = torch.zeros(2, 5, 7, dtype=torch.bool)
+    mask[1, 3:, 4:] = True
+    for encoding in (PositionEmbeddingSine(16), PositionEmbeddingLearned(16)):
+        assert torch.equal(torch.jit.script(encoding)(mask), encoding(mask))
+
+
+def test_resnet_backbone_scripts_and_matches_eager():
+    backbone = Backbone("resnet18", norm="frozen_bn").eval()
+    x, mask = torch.randn(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.bool)
+    scripted = torch.jit.script(backbone)
+    for got, ref in zip(scripted(x, mask), backbone(x, mask)):
+        assert torch.equal(got, ref)
+
+
+def test_the_paper_detr_r50_scripts_and_gives_the_eager_outputs_on_a_padded_batch():
+    torch.manual_seed(0)
+    model = dt.build_model("detr-r50", num_classes=91, pretrained_backbone=False).eval()
+    scripted = torch.jit.script(model)
+    batch = dt.nested_tensor_from_tensor_list([torch.rand(3, 64, 64), torch.rand(3, 64, 96)])
+    with torch.no_grad():
+        ref, got = model(batch), scripted(batch.tensors, batch.mask)
+    assert torch.equal(got["pred_logits"], ref["pred_logits"])
+    assert torch.equal(got["pred_boxes"], ref["pred_boxes"])
+
+
+def test_learned_positions_and_pre_norm_script_too():
+    model = tiny_detr(position_embedding="learned", pre_norm=True)
+    x = images(*SIZES[0])
+    got, ref = dt.script_model(model)(x), eager(model, x)
+    assert torch.equal(got["pred_logits"], ref[0]) and torch.equal(got["pred_boxes"], ref[1])
+
+
+def test_the_shipped_family_does_not_script_and_the_error_names_why():
+    model = dt.load_shipped_model()
+    assert {"two_stage", "conditional_spatial_query"} <= set(scripting_blockers(model))
+    with pytest.raises(ValueError, match="two_stage.*export it with torch.export or ONNX"):
+        torch.jit.script(model)
+
+
+def test_the_paper_family_has_no_scripting_blockers():
+    assert scripting_blockers(tiny_detr(aux_loss=True, query_groups=3, focal_loss=True)) == []
+
+
+# ------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def run(capsys):
+    """The command line in this process (``cli.main``): returns (exit status, stdout, stderr)."""
+    from detr_tutorial.cli import main
+
+    class Result:
+        pass
+
+    def _run(*args: str) -> Result:
+        capsys.readouterr()
+        r = Result()
+        r.returncode = main(list(args))
+        r.stdout, r.stderr = capsys.readouterr()
+        return r
+
+    return _run
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def vanilla_checkpoint(vanilla, tmp_path_factory) -> Path:
+    from detr_tutorial.checkpoint import FORMAT, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    return save_checkpoint(
+        {"format": FORMAT, "model": vanilla.state_dict(), "config": vanilla.config.to_dict()}, path
+    )
+
+
+def test_export_command_writes_a_torchscript_file_of_the_paper_model(vanilla, vanilla_checkpoint, tmp_path, run):
+    out = tmp_path / "detr.torchscript.pt"
+    result = run("export", "--checkpoint", str(vanilla_checkpoint), "--format", "torchscript", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    loaded = torch.jit.load(str(out))
+    x = images(*SIZES[1])
+    got, ref = loaded(x), eager(vanilla, x)
+    assert torch.equal(got["pred_logits"], ref[0]) and torch.equal(got["pred_boxes"], ref[1])
+
+
+def test_export_command_says_in_one_line_that_the_shipped_family_does_not_script(tmp_path, run):
+    out = tmp_path / "shapes.pt"
+    with warnings.catch_warnings(record=True) as caught:  # a warning would print a line before the error
+        warnings.simplefilter("always")
+        result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "torchscript", "--out", str(out))
+    assert_one_line_error(result, "torch.jit.script", "two_stage", "--format torch-export or onnx")
+    assert [str(w.message) for w in caught] == []
+    assert not out.exists()
+
+
+def test_export_command_with_an_unknown_format_is_one_line_and_exit_2(tmp_path, run):
+    result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "tflite", "--out", str(tmp_path / "m"))
+    assert_one_line_error(result, "tflite", "onnx", "torch-export")
+
+
+def test_export_command_with_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, run):
+    result = run("export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "m.onnx"))
+    assert_one_line_error(result, "not found", "nope.pth")
+
+
+def test_export_command_into_a_missing_folder_is_one_line_and_exit_2(tmp_path, run):
+    result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--out", str(tmp_path / "no_dir" / "m.onnx"))
+    assert_one_line_error(result, "output folder not found", "no_dir")
+    assert not (tmp_path / "no_dir").exists()
