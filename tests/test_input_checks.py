@@ -399,3 +399,21 @@ def test_the_shipped_checkpoint_config_passes_the_checks():
     state = torch.load(Path(dt.__file__).parent / "checkpoints" / "shapes_detr.pth", map_location="cpu",
                        weights_only=True)
     dt.DETRConfig.from_dict(state["config"]).validate()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 5, -0.1, "0.5", True])
+def test_predict_refuses_a_threshold_that_is_not_a_score(threshold):
+    model = dt.build_model("detr-tiny", num_classes=2, backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1,
+                           dec_layers=1, dim_feedforward=32, num_queries=3, pretrained_backbone=False)
+    with pytest.raises(ValueError, match="threshold must be a score in"):
+        dt.predict(model, torch.rand(3, 64, 64), threshold=threshold)
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown device 'foo'"), ("cuda", "CUDA is not available")])
+def test_train_api_refuses_an_unusable_device_with_a_value_error(device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from detr_tutorial.distributed import init_distributed
+
+    with pytest.raises(ValueError, match=message):
+        init_distributed(device)

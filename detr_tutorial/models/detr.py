@@ -479,6 +479,8 @@ def predict(
     then refer to the stored, unturned pixels (``detr_tutorial.image_io.open_image`` reads a file
     upright). Tensors with NaN or infinite pixels are a ``ValueError``, float64 a ``TypeError``.
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a score in [0, 1], got {threshold!r}")  # NaN fails too
     single = not isinstance(images, (list, tuple))
     batch = [_to_image_tensor(im) for im in ([images] if single else images)]
     if device is None:
