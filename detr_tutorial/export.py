@@ -233,7 +233,24 @@ def export_onnx(model: Traced, path: PathLike, opset: int = ONNX_OPSET, example:
             output_names=list(OUTPUT_NAMES),
             verbose=False,
         )
-    return _write_atomically(path, lambda tmp: onnx_program.save(tmp, external_data=False))
+    return _write_atomically(path, lambda tmp: _save_onnx_with_named_axes(onnx_program, tmp))
+
+
+def _save_onnx_with_named_axes(onnx_program: Any, path: Path) -> None:
+    """Save, then name the symbolic sizes ``batch``, ``height``, ``width`` instead of the tracer's
+    ``s14``, ``s54``... (in inputs, outputs and intermediate shapes alike), so a deployment tool
+    shows what each dynamic axis is."""
+    import onnx
+
+    onnx_program.save(path, external_data=False)
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim  # images [B, 3, H, W]
+    rename = {dims[i].dim_param: name for i, name in ((0, "batch"), (2, "height"), (3, "width")) if dims[i].dim_param}
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    onnx.save(proto, str(path))
 
 
 @contextlib.contextmanager

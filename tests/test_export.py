@@ -84,8 +84,9 @@ def test_onnx_file_has_opset_18_one_image_input_and_dynamic_batch_height_width(v
     assert inp.name == "images"
     dims = inp.type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1] == 3
-    assert all(dims[i].dim_param for i in (0, 2, 3))  # symbolic, not fixed numbers
+    assert [dims[i].dim_param for i in (0, 2, 3)] == ["batch", "height", "width"]  # named, not fixed numbers
     assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
+    assert [o.type.tensor_type.shape.dim[0].dim_param for o in proto.graph.output] == ["batch", "batch"]
 
 
 @pytest.mark.slow  # ~20 s: a second ONNX translation
