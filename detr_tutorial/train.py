@@ -416,7 +416,7 @@ def train(
     dev = dist_info.device
     if amp == "auto":
         amp = resolve_amp(amp, dev)
-        logger.info("amp=auto: %s on %s", "bfloat16 autocast" if amp == "bf16" else "float32 (no native bfloat16)", dev)
+        logger.info("amp=auto: %s on %s", "bfloat16 autocast" if amp == "bf16" else "float32 (bfloat16 is not native or not faster here)", dev)
     if amp == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 mixed precision needs CUDA; on the CPU use --amp bf16")
     amp_dtype = _AMP_DTYPES[amp]
