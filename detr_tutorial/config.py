@@ -38,32 +38,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: (fields, test, what the message says they must be), checked in this order
+_FIELD_RULES = (
+    (_POSITIVE_INTS, lambda v: _is_int(v) and v >= 1, "a positive int"),
+    (_NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "a non-negative int"),
+    (_BOOLS, lambda v: isinstance(v, bool), "True or False"),
+    (_NON_NEGATIVE_NUMBERS, lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    (_STRINGS, lambda v: isinstance(v, str), "a str"),
+)
+
+
 def _check_field_types(cfg: "DETRConfig") -> None:
     """Type and range of every field on its own: ``ValueError`` naming the field and the value.
 
     A wrong type is reported as a ``ValueError`` too (not ``TypeError``): to the user who wrote
     ``--set model.aux_loss=yes`` or ``num_classes=True`` it is one more wrong value for the field.
     """
-    for name in _POSITIVE_INTS:
-        value = getattr(cfg, name)
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name in _NON_NEGATIVE_INTS:
-        value = getattr(cfg, name)
-        if not _is_int(value) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    for name in _BOOLS:
-        value = getattr(cfg, name)
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-    for name in _NON_NEGATIVE_NUMBERS:
-        value = getattr(cfg, name)
-        if not _is_number(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    for name in _STRINGS:
-        value = getattr(cfg, name)
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a str, got {value!r}")
+    for names, valid, what in _FIELD_RULES:
+        for name in names:
+            value = getattr(cfg, name)
+            if not valid(value):
+                raise ValueError(f"{name} must be {what}, got {value!r}")
     weights = cfg.pretrained_backbone
     if not (isinstance(weights, bool) or (isinstance(weights, str) and weights)):
         raise ValueError(f"pretrained_backbone must be True, False or a weights file path, got {weights!r}")

@@ -91,15 +91,20 @@ def _format_terms(terms: Mapping[str, float]) -> str:
 
 
 def _non_finite_outputs(outputs: Mapping[str, Any]) -> list[str]:
-    """Names of the prediction tensors (last layer and auxiliary layers) holding NaN or infinity."""
-    def bad_in(out: Mapping[str, Any], prefix: str) -> list[str]:
-        return [prefix + k for k in ("pred_logits", "pred_boxes")
-                if isinstance(out.get(k), Tensor) and not torch.isfinite(out[k]).all()]
+    """Names of the prediction tensors (last layer and auxiliary layers) holding NaN or infinity.
 
-    bad = bad_in(outputs, "")
-    for i, aux in enumerate(outputs.get("aux_outputs") or []):
-        bad += bad_in(aux, f"aux_outputs[{i}].")
-    return bad
+    One device sync per step whatever the number of layers: the per-tensor flags are stacked
+    and read once; the names are worked out only when something is wrong.
+    """
+    layers = [("", outputs)] + [(f"aux_outputs[{i}].", aux) for i, aux in enumerate(outputs.get("aux_outputs") or [])]
+    named = [(prefix + k, out[k]) for prefix, out in layers for k in ("pred_logits", "pred_boxes")
+             if isinstance(out.get(k), Tensor)]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named])  # [n] bools, still on the device
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
 
 
 def _check_outputs(
