@@ -113,7 +113,7 @@ def _measure(official_dir: str | None, repeats: int, threads: int) -> dict:
     from detr_tutorial.config import get_config
     from detr_tutorial.criterion import build_criterion
     from detr_tutorial.data import build_dataset, collate_fn
-    from detr_tutorial.matcher import check_outputs, check_targets
+    from detr_tutorial.validation import check_outputs, check_targets
     from detr_tutorial.models import build_model
     from detr_tutorial.recipes import RECIPES
 

@@ -7,9 +7,10 @@ Importing the package builds nothing and downloads nothing.
 """
 from . import box_ops
 from .config import PRESETS, DETRConfig, get_config
-from .criterion import SetCriterion, build_criterion
+from .criterion import SetCriterion
+from .families import FAMILIES, build_criterion, build_model, build_postprocess
 from .matcher import HungarianMatcher, build_matcher
-from .models import DETR, Backbone, PostProcess, Transformer, build_model, predict
+from .models import DETR, Backbone, PostProcess, Transformer, predict
 from .nested import NestedTensor, nested_tensor_from_tensor_list
 from .pretrained import COCO_CLASSES, convert_official_state_dict, from_official, load_official_state_dict
 
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 # so that `import detr_tutorial` stays light.
 _LAZY = {
     "train": ("train", "train"),
+    "Trainer": ("trainer", "Trainer"),
     "Recipe": ("recipes", "Recipe"),
     "RECIPES": ("recipes", "RECIPES"),
     "get_recipe": ("recipes", "get_recipe"),
@@ -50,6 +52,8 @@ __all__ = [
     "DETRConfig",
     "get_config",
     "build_model",
+    "FAMILIES",
+    "build_postprocess",
     "DETR",
     "Backbone",
     "Transformer",

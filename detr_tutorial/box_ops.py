@@ -19,6 +19,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "generalized_box_iou",
+    "elementwise_generalized_box_iou",
     "check_boxes",
 ]
 
@@ -73,6 +74,22 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]  # [N, M]
     return iou - (enclosing - union) / enclosing
+
+
+def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of corresponding corner boxes ``[N, 4]``, ``[N, 4]`` -> ``[N]``.
+
+    The diagonal of :func:`generalized_box_iou` without the ``N x N`` matrix (the loss compares
+    each matched pair only).
+    """
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    wh = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    union = area1 + area2 - inter
+    wh_c = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
+    enclosing = wh_c[:, 0] * wh_c[:, 1]
+    return inter / union - (enclosing - union) / enclosing
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes") -> None:

@@ -260,8 +260,8 @@ def model_from_checkpoint(
     ``overrides`` change config fields before building; ``num_classes`` different from the
     checkpoint's is refused (see :func:`load_model_weights`).
     """
-    from .models import build_model  # local import: checkpoint I/O alone needs no model code
     from .config import DETRConfig
+    from .families import build_model  # local import: checkpoint I/O alone needs no model code
 
     ckpt = load_checkpoint(checkpoint, map_location) if not isinstance(checkpoint, Mapping) else checkpoint
     source = f"checkpoint {checkpoint}" if not isinstance(checkpoint, Mapping) else "checkpoint"

@@ -244,6 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import checkpoint as ckpt_io
     from .engine import evaluate
     from .evaluation import format_metrics_table
+    from .families import build_postprocess
     from .models import PostProcess
     from .train import make_eval_loader
 
@@ -281,7 +282,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     cfg = model.config
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, args.max_images)
-    post = PostProcess("sigmoid" if cfg is not None and cfg.focal_loss else "softmax")
+    post = build_postprocess(cfg) if cfg is not None else PostProcess()  # a config-less model: softmax scores
     metrics = evaluate(model, post, loader, dataset, device, progress=not args.no_progress)
     print(f"{path} on {dataset_name} {args.split} ({len(loader.dataset)} images)")
     print(format_metrics_table(metrics))
@@ -379,7 +380,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Official checkpoint -> our format. The architecture is read off the weights (``nheads`` and
     ``dilation`` leave no trace in them: pass ``--name`` for a paper model or ``--set nheads=N``)."""
     from . import checkpoint as ckpt_io
-    from .models import build_model
+    from .families import build_model
     from .pretrained import from_official, infer_official_preset, load_official_state_dict
 
     src = _existing_file(args.official, "official checkpoint")

@@ -12,20 +12,37 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-__all__ = ["DETRConfig", "PRESETS", "get_config"]
+__all__ = ["DETRConfig", "PRESETS", "get_config", "FAMILIES", "FAMILY_OPTIONS"]
 
 _BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn")
 
+#: The model families (``DETRConfig.family``), built by :mod:`detr_tutorial.families`.
+FAMILIES = ("detr", "conditional")
+
+#: The options that belong to one family, with their defaults: a config of another family must
+#: leave them at the default (``two_stage=True`` on the paper's DETR is an error, not ignored).
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
+    "detr": {},
+    "conditional": {
+        "position_at_input": False,
+        "two_stage": False,
+        "box_refine": False,
+        "encoder_aux_loss": False,
+        "encoder_cell_units": False,
+        "encoder_aux_coef": 1.0,
+        "encoder_aux_radius": 0.25,
+    },
+}
+
 # Field kinds for the type and range checks of DETRConfig.validate (consistency checks follow them).
 _POSITIVE_INTS = ("num_classes", "hidden_dim", "nheads", "dec_layers", "dim_feedforward", "num_queries",
-                  "query_groups", "backbone_stride")
+                  "backbone_stride")
 _NON_NEGATIVE_INTS = ("enc_layers",)
-_BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "reference_points",
-          "conditional_spatial_query", "box_refine", "fine_features", "two_stage", "encoder_aux_loss",
-          "encoder_cell_units", "focal_loss")
+_BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "box_refine", "two_stage",
+          "encoder_aux_loss", "encoder_cell_units", "focal_loss")
 _NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
                          "giou_loss_coef", "encoder_aux_coef", "focal_gamma")
-_STRINGS = ("backbone", "backbone_norm", "position_embedding")
+_STRINGS = ("family", "backbone", "backbone_norm", "position_embedding")
 
 
 def _is_int(value: Any) -> bool:
@@ -86,9 +103,12 @@ class DETRConfig:
 
     Attributes are grouped as in the paper: backbone, transformer, heads, matching and loss.
     ``num_classes`` counts real classes only; the class head has ``num_classes + 1`` outputs, the
-    last one being "no object" (∅).
+    last one being "no object" (∅). ``family`` chooses the model family; the options under
+    "family options" belong to the family named in :data:`FAMILY_OPTIONS` and must keep their
+    defaults in any other.
     """
 
+    family: str = "detr"  # "detr" (the paper's) or "conditional" (Conditional DETR, two-stage)
     num_classes: int = 91
     class_names: Optional[list[str]] = None
     # backbone
@@ -108,18 +128,15 @@ class DETRConfig:
     dropout: float = 0.1
     pre_norm: bool = False
     position_embedding: str = "sine"  # or "learned"
-    position_at_input: bool = False  # also add the positions to the encoder's input (paper, Table 3)
     # heads
     num_queries: int = 100
     aux_loss: bool = True
-    query_groups: int = 1  # Group DETR: G groups of num_queries queries in training, 1 at inference
-    reference_points: bool = False  # box centres as offsets from a point each query learns (Conditional DETR)
-    conditional_spatial_query: bool = False  # Conditional DETR cross-attention (needs reference_points)
-    box_refine: bool = False  # each decoder layer looks at the previous layer's box centres (needs conditional)
-    fine_features: bool = False  # the decoder also attends to the trunk's previous, 2x finer stage
-    two_stage: bool = False  # queries start from the encoder head's best boxes (needs encoder_aux_loss, conditional)
-    encoder_aux_loss: bool = False  # dense loss on the encoder cells near each object's centre (a training-only head unless two_stage)
-    encoder_cell_units: bool = False  # the encoder head's box sizes are relative to its cell's (exact centres too)
+    # family options of "conditional" (FAMILY_OPTIONS): Conditional DETR's decoder is the family itself
+    position_at_input: bool = False  # also add the positions to the encoder's input (the paper's Table 3)
+    two_stage: bool = False  # queries start from the dense encoder head's best boxes (needs encoder_aux_loss)
+    box_refine: bool = False  # each decoder layer looks at (and offsets from) the previous layer's boxes
+    encoder_aux_loss: bool = False  # the dense encoder head and its loss (training-only unless two_stage)
+    encoder_cell_units: bool = False  # the dense head's box sizes are relative to its cell's (exact centres too)
     encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
     encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
@@ -165,23 +182,7 @@ class DETRConfig:
             raise ValueError("dilation (DC5) needs resnet50 or resnet101: torchvision's BasicBlock cannot dilate")
         if self.dilation and self.backbone_stride == 16:
             raise ValueError("choose either dilation=True (DC5) or backbone_stride=16, not both")
-        if self.conditional_spatial_query and not self.reference_points:
-            raise ValueError("conditional_spatial_query needs reference_points=True (its queries look near their points)")
-        if self.box_refine and not self.conditional_spatial_query:
-            raise ValueError("box_refine moves the conditional queries' reference points: set conditional_spatial_query=True")
-        if self.two_stage and not (self.encoder_aux_loss and self.conditional_spatial_query):
-            raise ValueError(
-                "two_stage takes its reference boxes from the encoder head and steers the conditional "
-                "cross-attention with them: set encoder_aux_loss=True and conditional_spatial_query=True"
-            )
-        if self.fine_features and self.dilation:
-            raise ValueError("fine_features reads the stage before a stride-2 last stage: not with dilation (DC5)")
-        if self.encoder_cell_units and not self.encoder_aux_loss:
-            raise ValueError("encoder_cell_units shapes the encoder head's boxes: set encoder_aux_loss=True")
-        if self.two_stage and self.query_groups != 1:
-            raise ValueError("two_stage picks one set of queries per image: query_groups must be 1")
-        if self.conditional_spatial_query and self.pre_norm:
-            raise ValueError("conditional_spatial_query is implemented for post-norm layers only (pre_norm=False)")
+        _check_family_options(self)
 
     def replace(self, **overrides: Any) -> "DETRConfig":
         """A copy with some fields changed; unknown names are an error (typos must not pass)."""
@@ -200,11 +201,67 @@ class DETRConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DETRConfig":
+        """A config from :meth:`to_dict`'s dict, also one written before families existed
+        (``reference_points``/``conditional_spatial_query`` flags: see :func:`_translate_flags`)."""
+        d = _translate_flags(d) if "family" not in d else dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config has unknown field(s) {unknown}: written by another version?")
         return cls(**d)
+
+
+def _check_family_options(cfg: DETRConfig) -> None:
+    """Each option belongs to one family: elsewhere it must keep its default. Then the family's
+    own rules. All family checks are here, so a wrong combination is refused when the config is
+    made, naming the option and its family."""
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {cfg.family!r}")
+    for family, options in FAMILY_OPTIONS.items():
+        if family == cfg.family:
+            continue
+        for name, default in options.items():
+            if getattr(cfg, name) != default:
+                raise ValueError(
+                    f"option {name}={getattr(cfg, name)!r} belongs to family {family!r}, but this config's family "
+                    f"is {cfg.family!r} (set family={family!r}, or leave {name} at {default!r})"
+                )
+    if cfg.family == "conditional":
+        if cfg.pre_norm:
+            raise ValueError("the conditional family's decoder is post-norm only: set pre_norm=False")
+        if cfg.two_stage and not cfg.encoder_aux_loss:
+            raise ValueError("two_stage takes its reference boxes from the dense encoder head: set encoder_aux_loss=True")
+        if cfg.encoder_cell_units and not cfg.encoder_aux_loss:
+            raise ValueError("encoder_cell_units shapes the dense encoder head's boxes: set encoder_aux_loss=True")
+
+
+#: Options of configs written before ``family`` existed that no longer exist, with the reason.
+_REMOVED_OPTIONS = {
+    "query_groups": (1, "Group DETR (query_groups) was measured and removed (benchmarks/RESULTS.md)"),
+    "fine_features": (False, "the decoder's second, finer map (fine_features) was measured and removed "
+                             "(benchmarks/RESULTS.md)"),
+}
+
+
+def _translate_flags(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of the flag era -> this version's fields.
+
+    ``conditional_spatial_query=True`` (with ``reference_points``) is the ``"conditional"``
+    family; without it every option of that family must be off. Options that were removed must
+    hold their old defaults (a model that used them cannot be rebuilt: ``ValueError`` saying so).
+    """
+    d = dict(d)
+    for name, (default, why) in _REMOVED_OPTIONS.items():
+        if d.pop(name, default) != default:
+            raise ValueError(f"this checkpoint's model uses {name}: {why}; it cannot be rebuilt by this version")
+    conditional = bool(d.pop("conditional_spatial_query", False))
+    if d.pop("reference_points", False) and not conditional:
+        raise ValueError(
+            "this checkpoint's model has reference points without the conditional decoder "
+            "(reference_points=True, conditional_spatial_query=False), a variant this version does not build"
+        )
+    d["family"] = "conditional" if conditional else "detr"
+    return d
 
 
 _R50 = DETRConfig(

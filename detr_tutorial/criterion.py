@@ -23,27 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from .box_ops import box_cxcywh_to_xyxy
-from .matcher import HungarianMatcher, build_matcher, check_outputs, check_targets
+from .box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from .matcher import HungarianMatcher, build_matcher
+from .validation import check_outputs, check_targets
 
-__all__ = ["SetCriterion", "build_criterion", "elementwise_generalized_box_iou"]
+__all__ = ["SetCriterion", "build_criterion", "aux_weight_dict", "mean_over_processes"]
 
 _DEFAULT_LOSSES = ("labels", "boxes", "cardinality")
-
-
-def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """GIoU of corresponding corner boxes ``[N, 4]``, ``[N, 4]`` -> ``[N]``.
-
-    The diagonal of :func:`~detr_tutorial.box_ops.generalized_box_iou` without the ``N x N`` matrix.
-    """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    wh = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = area1 + area2 - inter
-    wh_c = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
-    enclosing = wh_c[:, 0] * wh_c[:, 1]
-    return inter / union - (enclosing - union) / enclosing
 
 
 def _src_permutation_idx(indices: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -76,7 +62,6 @@ class SetCriterion(nn.Module):
         focal: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        encoder_radius: float = 0.25,
     ) -> None:
         super().__init__()
         unknown = sorted(set(losses) - set(_DEFAULT_LOSSES))
@@ -90,7 +75,6 @@ class SetCriterion(nn.Module):
         self.focal = focal
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        self.encoder_radius = encoder_radius
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -145,67 +129,16 @@ class SetCriterion(nn.Module):
         loss_giou = 1 - elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
-    def loss_encoder(self, enc: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The dense, one-to-many loss of the encoder head (training only; see ``DETR``).
-
-        Every memory cell whose centre lies within ``encoder_radius`` of an object's size from the
-        object's centre (and always the cell holding the centre) must predict that object's class
-        and box; a cell near several objects takes the smallest. All other valid cells must say
-        "nothing" (sigmoid focal loss). Normalized by the number of positive cells.
-        """
-        logits, boxes, centres = enc["pred_logits"], enc["pred_boxes"], enc["centres"]
-        padding, cell_size = enc["padding"], enc["cell_size"]
-        b, hw, c = logits.shape
-        target_cls = torch.zeros_like(logits)
-        target_box = torch.zeros_like(boxes)
-        positive = torch.zeros((b, hw), dtype=torch.bool, device=logits.device)
-        for i, t in enumerate(targets):
-            gt = t["boxes"].to(boxes)
-            if len(gt) == 0:
-                continue
-            reach = torch.maximum(gt[:, 2:] * self.encoder_radius, cell_size[i] * 0.5)  # [N, 2] as (x, y)
-            inside = ((centres[i][:, None, :] - gt[None, :, :2]).abs() <= reach[None]).all(-1)  # [hw, N]
-            inside &= ~padding[i][:, None]
-            area = torch.where(inside, (gt[:, 2] * gt[:, 3])[None], torch.full_like(inside, float("inf"), dtype=gt.dtype))
-            smallest, which = area.min(1)  # [hw]
-            pos = torch.isfinite(smallest)
-            positive[i] = pos
-            target_cls[i, pos, t["labels"].to(logits.device)[which[pos]]] = 1.0
-            target_box[i, pos] = gt[which[pos]]
-        num_pos = torch.as_tensor([float(positive.sum())], device=logits.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_pos)
-            num_pos = num_pos / dist.get_world_size()
-        num_pos = torch.clamp(num_pos, min=1).item()
-        valid = ~padding
-        loss_ce = sigmoid_focal_loss(
-            logits[valid], target_cls[valid], self.focal_alpha, self.focal_gamma, reduction="sum"
-        ) / num_pos
-        src, tgt = boxes[positive], target_box[positive]  # [P, 4]
-        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_pos
-        loss_giou = (1 - elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))).sum() / num_pos
-        return {"loss_enc_ce": loss_ce, "loss_enc_bbox": loss_bbox, "loss_enc_giou": loss_giou}
-
     # -- putting it together ---------------------------------------------------------------
     def _num_boxes(self, targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
         """Target boxes per process, averaged over processes (so every process divides alike), >= 1."""
-        num = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num)
-            world = dist.get_world_size()
-        return torch.clamp(num / world, min=1).item()
+        return mean_over_processes(float(sum(len(t["labels"]) for t in targets)), device)
 
-    def _group(
-        self, name: str, outputs: dict, targets: Sequence, indices: list, num_boxes: float, log: bool, groups: int = 1
-    ) -> dict:
+    def _group(self, name: str, outputs: dict, targets: Sequence, indices: list, num_boxes: float, log: bool) -> dict:
         if name == "labels":
             return self.loss_labels(outputs, targets, indices, num_boxes, log=log)
         if name == "boxes":
             return self.loss_boxes(outputs, targets, indices, num_boxes)
-        if groups > 1:  # count the objects that one group (what inference runs) predicts
-            per_group = outputs["pred_logits"].shape[1] // groups
-            outputs = {k: v[:, :per_group] for k, v in outputs.items()}
         return self.loss_cardinality(outputs, targets, indices, num_boxes)
 
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -217,47 +150,22 @@ class SetCriterion(nn.Module):
                 f"pred_logits has {outputs['pred_logits'].shape[-1]} classes but the criterion expects "
                 f"num_classes + 1 = {self.num_classes + 1}"
             )
-        groups = int(outputs.get("query_groups", 1))
-        if groups < 1 or outputs["pred_logits"].shape[1] % groups != 0:
-            raise ValueError(
-                f"query_groups={groups} does not divide the {outputs['pred_logits'].shape[1]} predictions per image"
-            )
         main = {k: v for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        indices = self._match(main, targets, groups)
-        # Group DETR: every group is a full one-to-one matching; dividing by G averages the groups
-        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device) * groups
+        indices = self._match(main, targets)
+        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
         losses: dict[str, Tensor] = {}
         for name in self.losses:
-            losses.update(self._group(name, main, targets, indices, num_boxes, log=True, groups=groups))
+            losses.update(self._group(name, main, targets, indices, num_boxes, log=True))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             check_outputs(aux)
-            aux_indices = self._match(aux, targets, groups)
+            aux_indices = self._match(aux, targets)
             for name in self.losses:
-                terms = self._group(name, aux, targets, aux_indices, num_boxes, log=False, groups=groups)
+                terms = self._group(name, aux, targets, aux_indices, num_boxes, log=False)
                 losses.update({f"{k}_{i}": v for k, v in terms.items()})
-        if "enc_outputs" in outputs:
-            losses.update(self.loss_encoder(outputs["enc_outputs"], targets))
         return losses
 
-    def _match(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], groups: int = 1) -> list:
-        """Hungarian matching, separately within each query group; indices into all ``G*Q`` queries."""
-        if groups > 1:
-            per_group = outputs["pred_logits"].shape[1] // groups
-            chunks = [
-                self._match(
-                    {k: outputs[k][:, g * per_group : (g + 1) * per_group] for k in ("pred_logits", "pred_boxes")},
-                    targets,
-                )
-                for g in range(groups)
-            ]
-            return [
-                (
-                    torch.cat([c[b][0] + g * per_group for g, c in enumerate(chunks)]),
-                    torch.cat([c[b][1] for c in chunks]),
-                )
-                for b in range(len(targets))
-            ]
-        # targets were validated once in forward(); our matcher need not do it again per layer
+    def _match(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> list:
+        """Hungarian matching of one layer's predictions (targets were validated once in forward)."""
         if isinstance(self.matcher, HungarianMatcher):
             return self.matcher(outputs, targets, check=False)
         return self.matcher(outputs, targets)
@@ -279,24 +187,38 @@ class SetCriterion(nn.Module):
         return torch.stack(terms).sum()
 
 
-def build_criterion(cfg: Any) -> SetCriterion:
-    """The matcher and loss of a :class:`~detr_tutorial.config.DETRConfig`, with aux weights filled in."""
+def mean_over_processes(count: float, device: torch.device) -> float:
+    """A per-process count averaged over the processes of a distributed run (itself otherwise), >= 1:
+    every process then divides its loss sums by the same number."""
+    num = torch.as_tensor([count], device=device)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        world = dist.get_world_size()
+    return torch.clamp(num / world, min=1).item()
+
+
+def aux_weight_dict(cfg: Any) -> dict[str, float]:
+    """``loss_ce/bbox/giou`` weights of a config, repeated for every auxiliary decoder layer."""
     weight_dict = {"loss_ce": cfg.ce_loss_coef, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
     if cfg.aux_loss:
         for i in range(cfg.dec_layers - 1):
             weight_dict.update({f"{k}_{i}": v for k, v in list(weight_dict.items()) if not k[-1].isdigit()})
-    if getattr(cfg, "encoder_aux_loss", False):
-        coef = cfg.encoder_aux_coef
-        weight_dict.update(
-            loss_enc_ce=cfg.ce_loss_coef * coef, loss_enc_bbox=cfg.bbox_loss_coef * coef, loss_enc_giou=cfg.giou_loss_coef * coef
-        )
+    return weight_dict
+
+
+def build_criterion(cfg: Any) -> SetCriterion:
+    """DETR's matcher and loss for a :class:`~detr_tutorial.config.DETRConfig`, aux weights filled in.
+
+    This is the paper family's loss; :func:`detr_tutorial.families.build_criterion` gives every
+    family its own (``dt.build_criterion`` is that one).
+    """
     return SetCriterion(
         cfg.num_classes,
         build_matcher(cfg),
-        weight_dict=weight_dict,
+        weight_dict=aux_weight_dict(cfg),
         eos_coef=cfg.eos_coef,
         focal=cfg.focal_loss,
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
-        encoder_radius=getattr(cfg, "encoder_aux_radius", 0.25),
     )

@@ -125,6 +125,120 @@ def _check_outputs(
         )
 
 
+def _check_loss(reduced: Mapping[str, float], step: int, epoch: int, lr: float) -> None:
+    """Stop with :class:`NonFiniteLossError` when the total loss (averaged over processes) is not
+    finite, naming the step and every loss term."""
+    loss = reduced["loss"]
+    if not math.isfinite(loss):
+        terms = {k: v for k, v in reduced.items() if k != "loss"}
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step} (epoch {epoch}, lr {lr:.3g}); stopping training. "
+            f"Loss terms: {_format_terms(terms)}"
+        )
+
+
+@dataclass
+class _PendingStep:
+    """The micro-batches of the optimizer step in progress: their loss terms (each divided by the
+    number of micro-batches, so the sums are the step's means), their images and the step's start."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    micro_batches: int = 0
+    images: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, reduced: Mapping[str, float], images: int, accum_steps: int) -> None:
+        for k, v in reduced.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v / accum_steps
+        self.images += images
+        self.micro_batches += 1
+
+    def info(self, step: int, epoch: int, lrs: list[float], grad_norm: Optional[float]) -> StepInfo:
+        """The finished step's :class:`StepInfo` (its wall time ends now)."""
+        terms = dict(self.sums)
+        loss = terms.pop("loss")
+        seconds = time.perf_counter() - self.started
+        return StepInfo(step=step, epoch=epoch, loss=loss, terms=terms, lr=lrs[0], lrs=lrs,
+                        grad_norm=grad_norm, images=self.images, seconds=seconds)
+
+
+@dataclass
+class _Optimization:
+    """What turns micro-batches into optimizer steps: the arguments of :func:`train_one_epoch`
+    that stay the same for every batch."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    max_norm: float
+    scaler: Optional["torch.amp.GradScaler"]
+    amp_dtype: Optional[torch.dtype]
+    accum_steps: int
+    scheduler: Optional[Any]
+    channels_last: bool
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first (non-backbone) parameter group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def forward_backward(
+        self, samples: Any, targets: Sequence[Mapping[str, Any]], sync: bool, step: int, epoch: int,
+        last_terms: Mapping[str, float],
+    ) -> dict[str, float]:
+        """Forward and backward pass of one micro-batch (its loss divided by ``accum_steps``);
+        returns its loss terms and weighted total (``"loss"``) averaged over processes.
+
+        ``sync``: all-reduce the gradients (DDP); only an accumulation's last micro-batch does.
+        ``step``, ``epoch``, ``last_terms``: for the message of a divergence.
+        """
+        samples = _prepare_samples(samples, self.device, self.channels_last)
+        targets = move_targets(targets, self.device)
+        no_sync = not sync and hasattr(self.model, "no_sync")
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            with _autocast(self.device, self.amp_dtype):
+                outputs = self.model(samples)
+            outputs = outputs_to_float(outputs)
+            _check_outputs(outputs, step, epoch, self.lr, last_terms)
+            losses = self.criterion(outputs, targets)
+            total = self.criterion.total(losses)
+            scaled = total / self.accum_steps
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        reduced = {k: float(v) for k, v in reduce_mean_dict({**losses, "loss": total}).items()}
+        _check_loss(reduced, step, epoch, self.lr)
+        return reduced
+
+    def step(self) -> tuple[Optional[float], list[float]]:
+        """Clip, step the optimizer (through the grad scaler for fp16) and the scheduler; return
+        the gradient norm before clipping (``None`` without clipping) and the learning rates
+        the step used."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.max_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return grad_norm, lrs
+
+
+def _report(info: StepInfo, progress: Optional[Any], on_step_end: Optional[Callable[[StepInfo], None]]) -> None:
+    """Advance the progress bar (its postfix shows loss and lr) and call the step-end callback."""
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", refresh=False)
+    if on_step_end is not None:
+        on_step_end(info)
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -171,95 +285,32 @@ def train_one_epoch(
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
     device = torch.device(device)
+    opt = _Optimization(model, criterion, optimizer, device, max_norm, scaler, amp_dtype, accum_steps, scheduler,
+                        channels_last)
     model.train()
     criterion.train()
-    step = start_step
-    sums: dict[str, float] = {}  # this optimizer step's terms (summed over micro-batches)
-    run: dict[str, float] = {}  # this call's running sums, for the returned means
-    run_n = 0
-    steps_here = 0
-    micro = 0
-    images = 0
-    t_step = time.perf_counter()
+    step, steps_here = start_step, 0
+    totals: dict[str, float] = {}  # this call's sums of every step's loss and terms, for the returned means
     last_terms: dict[str, float] = {}  # the previous optimizer step's terms, for a divergence message
+    pending = _PendingStep()
     optimizer.zero_grad(set_to_none=True)
     for samples, targets in data_loader:
         if max_steps is not None and step >= max_steps:
             break
-        samples = _prepare_samples(samples, device, channels_last)
-        targets = move_targets(targets, device)
-        last_micro = micro == accum_steps - 1
-        # DDP: only the last micro-batch of an accumulation all-reduces the gradients
-        sync = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else contextlib.nullcontext()
-        with sync:
-            with _autocast(device, amp_dtype):
-                outputs = model(samples)
-            outputs = outputs_to_float(outputs)
-            _check_outputs(outputs, step + 1, epoch, float(optimizer.param_groups[0]["lr"]), last_terms)
-            losses = criterion(outputs, targets)
-            total = criterion.total(losses)
-            scaled = total / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        reduced = reduce_mean_dict({**losses, "loss": total})
-        loss_value = float(reduced["loss"])
-        if not math.isfinite(loss_value):
-            terms = {k: float(v) for k, v in reduced.items() if k != "loss"}
-            lr = float(optimizer.param_groups[0]["lr"])
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {step + 1} (epoch {epoch}, lr {lr:.3g}); stopping training. "
-                f"Loss terms: {_format_terms(terms)}"
-            )
-        for k, v in reduced.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / accum_steps
-        images += len(targets)
-        micro += 1
+        last_micro = pending.micro_batches == accum_steps - 1
+        reduced = opt.forward_backward(samples, targets, last_micro, step + 1, epoch, last_terms)
+        pending.add(reduced, len(targets), accum_steps)
         if not last_micro:
             continue
-        micro = 0
-        # -- the optimizer step ------------------------------------------------------------
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = None
-        if max_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        if scheduler is not None:
-            scheduler.step()
-        step += 1
-        steps_here += 1
-        now = time.perf_counter()
-        step_terms = {k: v for k, v in sums.items()}
-        sums_total = step_terms.pop("loss")
-        info = StepInfo(
-            step=step,
-            epoch=epoch,
-            loss=sums_total,
-            terms=step_terms,
-            lr=lrs[0],
-            lrs=lrs,
-            grad_norm=grad_norm,
-            images=images,
-            seconds=now - t_step,
-        )
-        run_n += 1
-        run["loss"] = run.get("loss", 0.0) + info.loss
-        for k, v in info.terms.items():
-            run[k] = run.get(k, 0.0) + v
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{info.loss:.3f}", lr=f"{info.lr:.2e}", refresh=False)
+        grad_norm, lrs = opt.step()
+        step, steps_here = step + 1, steps_here + 1
+        info = pending.info(step, epoch, lrs, grad_norm)
+        for k, v in {"loss": info.loss, **info.terms}.items():
+            totals[k] = totals.get(k, 0.0) + v
         last_terms = dict(info.terms)
-        if on_step_end is not None:
-            on_step_end(info)
-        # restart the wall clock after the callback: checkpoints and evaluation are not steps
-        sums, images, t_step = {}, 0, time.perf_counter()
-    means = {k: v / run_n for k, v in run.items()} if run_n else {}
+        _report(info, progress, on_step_end)
+        pending = _PendingStep()  # the clock restarts after the callback: checkpoints and evaluation are not steps
+    means = {k: v / steps_here for k, v in totals.items()} if steps_here else {}
     return {"step": step, "steps": steps_here, **means}
 
 

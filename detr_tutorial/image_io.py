@@ -21,9 +21,15 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["EXIF_ORIENTATION", "exif_orientation", "open_image", "read_image", "to_rgb", "upright", "upright_size"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EXIF_ORIENTATION", "exif_orientation", "open_image", "read_image", "to_rgb", "upright", "upright_size"]
 
 PathLike = Union[str, Path]
+
+#: The per-channel (R, G, B) mean and standard deviation of ImageNet, in ``[0, 1]`` pixels: every
+#: trunk here (pretrained or not) sees images normalized with them, as in the official code.
+#: Defined here once; the transforms, ``predict`` and the drawing helpers import them.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: The EXIF tag that records how the stored pixels must be turned to be seen upright.
 EXIF_ORIENTATION = 0x0112

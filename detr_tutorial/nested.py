@@ -13,6 +13,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from .validation import check_finite_pixels, check_pixel_dtype
+
 __all__ = ["NestedTensor", "nested_tensor_from_tensor_list", "to_nested"]
 
 
@@ -39,24 +41,6 @@ class NestedTensor:
         heights = valid.any(dim=2).sum(dim=1)
         widths = valid.any(dim=1).sum(dim=1)
         return [(int(h), int(w)) for h, w in zip(heights, widths)]
-
-
-def check_pixel_dtype(dtype: torch.dtype, what: str) -> None:
-    """Refuse a dtype the model cannot take as pixels: integers (not yet scaled and normalized)
-    and float64 (the weights are float32; PyTorch would fail deep inside the first convolution,
-    and a silent cast would hide a copy). ``TypeError`` naming ``what``."""
-    if not dtype.is_floating_point:
-        raise TypeError(f"{what} must be a float tensor (normalized), got {dtype}")
-    if dtype == torch.float64:
-        raise TypeError(f"{what} is float64, but the model computes in float32: convert it with .float()")
-
-
-def check_finite_pixels(pixels: Tensor, what: str) -> None:
-    """Refuse NaN or infinite pixels (``ValueError`` naming ``what``): one of them turns every
-    attention weight of the image, and so every prediction and the loss, into NaN."""
-    bad = int((~torch.isfinite(pixels)).sum())
-    if bad:
-        raise ValueError(f"{what} has {bad} NaN or infinite pixel value(s)")
 
 
 def _check_image(img: Tensor, index: int) -> None:

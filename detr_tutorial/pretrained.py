@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .models.detr import DETR, build_model
+from .families import build_model
+from .models.detr import DETR
 
 __all__ = [
     "COCO_CLASSES",

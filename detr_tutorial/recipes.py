@@ -11,7 +11,9 @@ Recipes:
 ``shapes-cpu`` (the default)
     A DETR that learns the synthetic shapes data set on two CPU cores in minutes. Still DETR —
     a set of learned queries, Hungarian matching, no anchors, no NMS — with the changes that
-    make it converge fast, each explained in :data:`SHAPES_CPU_NOTES`.
+    make it converge fast. Why each one helps, with its measurements, is in
+    ``benchmarks/RESULTS.md`` ("Notes: why each shapes-cpu choice helps") and chapter 08 of the
+    book.
 ``detr-paper``
     The paper's settings (DETR-R50: frozen-BN ResNet-50 from ImageNet, hidden 256, 6+6 layers,
     100 queries, AdamW lr 1e-4 / backbone 1e-5, weight decay 1e-4, batch 2 per GPU on 8 GPUs as
@@ -28,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "SHAPES_CPU_NOTES"]
+__all__ = ["Recipe", "RECIPES", "get_recipe"]
 
 
 @dataclass
@@ -148,117 +150,6 @@ class Recipe:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-#: Why each choice of ``shapes-cpu`` helps (the docs and the book quote this). The measurements
-#: quoted are the 600-step runs of benchmarks/RESULTS.md ("the shapes-cpu recipe search"); all but
-#: those of the first note were made while the recipe still trained at 112-144 px (see that note).
-SHAPES_CPU_NOTES: dict[str, str] = {
-    "training at the validation size, box sizes in cell units": (
-        "DETR states every box as a fraction of the image, so the network has to know how large "
-        "the image is, and nothing tells it directly. The recipe used to resize each training "
-        "image to a random 112-144 px; a batch is padded to its largest image, nearly always "
-        "144 px, so only the 144-px images came without padding. The 128-px validation images "
-        "come without padding too, and the model took them for 144-px images: it drew every box "
-        "0.9 times too small (128/144). Measured on the model shipped before this fix: 0.905 of "
-        "the true width and height at 128 px, 0.80 at 112 px, 1.00 at 144 px, and 1.00 at every "
-        "size inside a padded batch; enlarging its boxes by 1/0.905 alone raised its mAP from "
-        "0.567 to 0.783. The recipe now trains at 128 px, the only size the data set has "
-        "(image_size=128, for both splits and any data set), and the dense encoder head predicts each box's "
-        "size relative to its cell (encoder_cell_units), so a box is measured in the "
-        "features' own pixels whatever the image size (as FCOS scales its regression by the "
-        "stride; Deformable DETR's two-stage proposals are cell centres with a fixed size of "
-        "0.05 of the image instead). At 600 steps: mAP 0.469 -> 0.644 (cell units, still "
-        "112-144 px) / 0.687 (128 px) / 0.693 (both). Trained at 128 px only, the shipped model "
-        "still draws boxes of the true size (0.99-1.01) at 112 and 144 px, padded or not."
-    ),
-    "a small CNN trunk trained from scratch": (
-        "A ResNet-18 spends most of a CPU training step in its trunk, and flat shapes on 128 px "
-        "images need none of its ImageNet-sized capacity. The 'smallcnn' trunk (a 3x3 stem and one "
-        "residual block per stage, 32-64-128-256 channels) makes a step of 32 images 1.7x faster "
-        "(0.27 s instead of 0.46 s), so 12 minutes buy more steps. Its BatchNorm is ordinary, "
-        "trainable BatchNorm: frozen statistics of a random trunk would be the identity and leave "
-        "the activations unnormalized."
-    ),
-    "stride 16": (
-        "A 128x128 image gives a 4x4 feature map at stride 32: 16 cells for up to 6 objects of "
-        "12-48 px. Stride 16 gives 8x8 = 64 cells. Stride 8 (256 cells) learned no faster per step "
-        "in our runs and made each step 1.4x slower; letting the decoder read the stride-8 map "
-        "beside the encoded stride-16 one (fine_features) did not help either."
-    ),
-    "bfloat16 autocast and channels-last on the CPU": (
-        "On a CPU with bfloat16 instructions (avx512_bf16 or AMX; amp='auto' checks) the trunk's "
-        "convolutions and the transformer's matrix products run in bfloat16, in the channels-last "
-        "layout that oneDNN's convolutions prefer. PyTorch's fused attention kernel is several "
-        "times slower in bfloat16 on the CPU, so attention takes the explicit softmax(QK^T)V path "
-        "there, and the prediction heads stay in float32 (a box is a sub-pixel quantity). A step "
-        "takes 0.24-0.26 s instead of 0.43 s: 1.7x more steps in the same minutes, for about the "
-        "same result per step (600 steps: mAP 0.368 against 0.377 in float32). Without native "
-        "bfloat16 the recipe runs in float32 and its 2700 steps take about 19 minutes."
-    ),
-    "positions added to the encoder input": (
-        "DETR adds the positional encoding to queries and keys only, so the features that attention "
-        "averages (the values) do not say where they come from; a deep pretrained ResNet encodes "
-        "position in its features, a small trunk trained from scratch hardly does. Adding the "
-        "encoding once to the encoder's input (the paper's Table 3 tries this placement) lets the "
-        "decoder read positions out of the values it collects."
-    ),
-    "a dense auxiliary loss on the encoder": (
-        "With a trunk trained from scratch nothing in the features knows what an object is, and "
-        "one-to-one matching gives the encoder a weak, noisy signal (Co-DETR's argument). A small "
-        "head on every encoder cell is trained to predict the class and box of the object whose "
-        "centre region the cell lies in (sigmoid focal + L1 + GIoU). It teaches the trunk and "
-        "encoder classes and positions from the first step. Measured at 600 steps (before "
-        "two-stage), with conditional spatial queries: mAP 0.285 with it, a collapse without it."
-    ),
-    "conditional spatial queries": (
-        "Conditional DETR (Meng et al., 2021): each query has a reference point, its box is "
-        "predicted relative to it, and its cross-attention scores each cell by content plus a "
-        "separate spatial term that compares the point's sine code with the cell's. A query "
-        "therefore looks near its point from the start instead of having to learn where to look "
-        "through the content channels - the slow part of DETR's training."
-    ),
-    "two-stage queries and box refinement": (
-        "Deformable DETR's two-stage variant: the dense encoder head scores every cell, and the 20 "
-        "best cells' boxes (detached) become the queries' reference boxes; each query predicts "
-        "its box as a correction of its reference box, and each decoder layer refines the box of "
-        "the layer before. The content of the queries stays learned (DINO's 'mixed' query "
-        "selection). The queries now start on the objects of *this* image, so they cannot settle "
-        "on fixed slot boxes, and the decoder's work is to decide which proposal is the object "
-        "and to tighten it (in the shipped model it only does the first: its box head has stopped "
-        "correcting the proposals - none of its 128 hidden units is active - so the boxes are the "
-        "encoder head's; zero-initializing the head's last layer, a lower rate for it or another "
-        "activation did not change that). It is still DETR: one set of 20 predictions, one-to-one "
-        "Hungarian matching, no anchors, no NMS (duplicate proposals are what the set loss trains "
-        "the decoder to suppress). At 600 steps: mAP 0.368 -> 0.400 (two-stage) -> 0.406 (with "
-        "refinement)."
-    ),
-    "sigmoid focal classification with a prior": (
-        "With 20 queries and ~3 objects most queries are 'no object'. The focal loss (as in "
-        "Deformable DETR) down-weights the easy negatives instead of a fixed eos_coef and gives "
-        "per-class scores, which is what mAP ranks by; its class bias starts at log(0.01/0.99) so "
-        "the first steps are not spent pushing every score down."
-    ),
-    "matching and loss weights that favour tight boxes": (
-        "Without two-stage, the paper's matching costs let every query settle on a fixed slot "
-        "box (a collapse), and only a class-driven matching (class cost 8) avoided it. With "
-        "image-dependent starting boxes that danger is gone, so the recipe returns to Deformable "
-        "DETR's class cost and weight of 2 (600 steps: 0.432 -> 0.441) and doubles the GIoU cost "
-        "and weight to 4, because mAP@[.5:.95] rewards tight boxes (0.454 -> 0.469; AP75 0.454 "
-        "-> 0.497)."
-    ),
-    "warm-up, a high rate and cosine decay": (
-        "A short linear warm-up (100 steps) keeps the first steps (random matching, large "
-        "gradients) from diverging; the rate is 3e-3, thirty times the paper's 1e-4. At 600 "
-        "steps, with class cost 8: 1e-3 0.406, 2e-3 0.432, 4e-3 0.434; with class cost 2: 2e-3 "
-        "0.441, 3e-3 0.454; with the GIoU weight 4: 3e-3 0.469, 4e-3 0.437. Cosine decay anneals "
-        "the boxes at the end, which is when they become tight."
-    ),
-    "the whole model at one learning rate": (
-        "The separate, 10x smaller backbone learning rate protects ImageNet features; a trunk trained "
-        "from scratch has nothing to protect and must learn as fast as the transformer."
-    ),
-}
-
-
 _PAPER = dict(
     model="detr-r50",
     batch_size=2,  # per GPU; the official code trains on 8 GPUs (the paper: 4/GPU on 16 GPUs)
@@ -280,11 +171,12 @@ RECIPES: dict[str, Recipe] = {
         name="shapes-cpu",
         # 2700 steps of 32 images of 128 px: 10.7 minutes of training on 2 idle cores (bfloat16
         # autocast, channels-last; 0.237 s per step), inside the 12-minute budget with room for a
-        # noisy machine. Every choice below is explained in SHAPES_CPU_NOTES and the runs that led to it
-        # are in benchmarks/RESULTS.md.
+        # noisy machine. Why each choice below helps: benchmarks/RESULTS.md, "Notes: why each
+        # shapes-cpu choice helps"; the runs that led to them: "Notes: the shapes-cpu recipe search".
         description="DETR on the shapes data set on 2 CPU cores: 2700 steps of 32 images (~11 idle minutes)",
         model="detr-tiny",
         model_overrides=dict(
+            family="conditional",
             backbone="smallcnn",
             pretrained_backbone=False,
             backbone_norm="bn",
@@ -298,8 +190,6 @@ RECIPES: dict[str, Recipe] = {
             num_queries=20,
             aux_loss=True,
             position_at_input=True,
-            reference_points=True,
-            conditional_spatial_query=True,
             encoder_aux_loss=True,
             encoder_cell_units=True,
             two_stage=True,

@@ -15,7 +15,7 @@ import torch
 
 from detr_tutorial import checkpoint as ckpt_io
 from detr_tutorial.config import get_config
-from detr_tutorial.models import build_model
+from detr_tutorial.families import build_model
 from detr_tutorial.train import train
 from training_helpers import TINY_MODEL, TinyBoxes, tiny_recipe
 

@@ -17,7 +17,7 @@ from detr_tutorial import checkpoint as ckpt_io
 from detr_tutorial.cli import _one_line
 from detr_tutorial.config import get_config
 from detr_tutorial.data import ShapesConfig, ShapesDataset
-from detr_tutorial.models import build_model
+from detr_tutorial.families import build_model
 from reference_data import reference_path
 from test_cli import TINY_SHAPES, assert_one_line_error, run  # noqa: F401  (run is a fixture)
 from training_helpers import TINY_MODEL

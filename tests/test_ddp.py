@@ -26,7 +26,7 @@ def _run(args: list[str]) -> None:
 def _initial_params(model: dict = TINY_MODEL) -> dict[str, torch.Tensor]:
     """The parameters train() starts from (it seeds with the recipe's seed, 7, then builds)."""
     from detr_tutorial.config import get_config
-    from detr_tutorial.models import build_model
+    from detr_tutorial.families import build_model
     from detr_tutorial.train import seed_everything
 
     seed_everything(7)

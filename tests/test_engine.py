@@ -10,10 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detr_tutorial.config import get_config
-from detr_tutorial.criterion import build_criterion
 from detr_tutorial.data import build_dataset, collate_fn
 from detr_tutorial.engine import NonFiniteLossError, evaluate, train_one_epoch
-from detr_tutorial.models import PostProcess, build_model
+from detr_tutorial.families import build_criterion, build_model
+from detr_tutorial.models import PostProcess
 from detr_tutorial.runlog import JsonlLogger, plot_log
 from detr_tutorial.sampling import ResumableBatchSampler, SeededSamples
 from detr_tutorial.train import LRSchedule, build_optimizer, seed_everything

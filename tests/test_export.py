@@ -171,13 +171,13 @@ def test_learned_positions_and_pre_norm_script_too():
 
 def test_the_shipped_family_does_not_script_and_the_error_names_why():
     model = dt.load_shipped_model()
-    assert {"two_stage", "conditional_spatial_query"} <= set(scripting_blockers(model))
-    with pytest.raises(ValueError, match="two_stage.*export it with torch.export or ONNX"):
+    assert "the 'conditional' family (ConditionalDETR)" in scripting_blockers(model)
+    with pytest.raises(ValueError, match="'conditional' family.*export it with torch.export or ONNX"):
         torch.jit.script(model)
 
 
 def test_the_paper_family_has_no_scripting_blockers():
-    assert scripting_blockers(tiny_detr(aux_loss=True, query_groups=3, focal_loss=True)) == []
+    assert scripting_blockers(tiny_detr(aux_loss=True, focal_loss=True)) == []
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -232,7 +232,7 @@ def test_export_command_says_in_one_line_that_the_shipped_family_does_not_script
     with warnings.catch_warnings(record=True) as caught:  # a warning would print a line before the error
         warnings.simplefilter("always")
         result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "torchscript", "--out", str(out))
-    assert_one_line_error(result, "torch.jit.script", "two_stage", "--format torch-export or onnx")
+    assert_one_line_error(result, "torch.jit.script", "'conditional' family", "--format torch-export or onnx")
     assert [str(w.message) for w in caught] == []
     assert not out.exists()
 

@@ -9,10 +9,15 @@ import detr_tutorial as dt
 PACKAGE = Path(dt.__file__).resolve().parent
 
 # DESIGN.md section 5: what each part may never import (relative to the package)
+# families sit above models/matcher/criterion: the vanilla parts never import a family
 FORBIDDEN = {
-    "models": ("data", "engine", "train", "viz", "cli", "evaluation", "matcher", "criterion", "checkpoint", "recipes"),
-    "matcher": ("models", "data", "engine", "train", "viz", "cli"),
-    "criterion": ("models", "data", "engine", "train", "viz", "cli"),
+    "models": ("data", "engine", "train", "viz", "cli", "evaluation", "matcher", "criterion", "checkpoint", "recipes",
+               "families"),
+    "families": ("data", "engine", "train", "viz", "cli", "evaluation", "checkpoint", "recipes"),
+    "matcher": ("models", "families", "data", "engine", "train", "viz", "cli"),
+    "criterion": ("models", "families", "data", "engine", "train", "viz", "cli"),
+    "validation": ("models", "families", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config",
+                   "nested"),
     "data": ("models", "engine", "train", "viz", "cli", "matcher", "criterion"),
     "engine": ("viz", "cli"),
     "box_ops": ("models", "data", "engine", "train", "viz", "cli", "matcher", "criterion", "config", "nested"),
@@ -90,3 +95,63 @@ def test_every_torch_load_goes_through_the_package_weights_loader():
                 if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                     calls.append(path.relative_to(PACKAGE).as_posix())
     assert calls == ["weights_io.py"], calls
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_is_longer_than_80_lines(path):
+    """A function one can read on one screen: from its ``def`` to its last line, docstring included."""
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in _functions(path) if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES}
+    assert not long, f"{path.relative_to(PACKAGE)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_paper_detr_has_the_official_constructor_and_a_short_forward():
+    """models/detr.py's DETR reads like the official one: the official arguments (backbone,
+    transformer, num_classes, num_queries, aux_loss) plus the position encoding, which the official
+    code joins to the backbone; a forward of at most 35 lines whose only branch is the optional
+    attention output (auxiliary outputs are ``set_outputs``, as the official ``_set_aux_loss``)."""
+    import inspect
+
+    from detr_tutorial.models.detr import DETR
+
+    params = list(inspect.signature(DETR.__init__).parameters)
+    assert params == ["self", "backbone", "position_embedding", "transformer", "num_classes", "num_queries", "aux_loss"]
+    tree = ast.parse((PACKAGE / "models" / "detr.py").read_text())
+    detr = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DETR")
+    forward = next(f for f in detr.body if isinstance(f, ast.FunctionDef) and f.name == "forward")
+    assert forward.end_lineno - forward.lineno + 1 <= 35
+    branches = [n for n in ast.walk(forward) if isinstance(n, (ast.If, ast.IfExp, ast.For, ast.While))]
+    assert len(branches) == 1, [ast.unparse(b.test if hasattr(b, "test") else b)[:60] for b in branches]
+
+
+def test_no_family_option_appears_in_the_vanilla_model_files():
+    """The paper's model and transformer know nothing of the families built on them."""
+    from detr_tutorial.config import FAMILY_OPTIONS
+
+    options = {name for family in FAMILY_OPTIONS.values() for name in family}
+    options |= {"reference_points", "conditional_spatial_query", "query_groups", "fine_features"}
+    for name in ("models/detr.py", "models/transformer.py"):
+        source = (PACKAGE / name).read_text()
+        found = sorted(o for o in options if o in source)
+        assert not found, f"{name} names family options {found}"
+
+
+def test_families_are_registered_with_their_three_builders():
+    assert set(dt.FAMILIES) == {"detr", "conditional"}
+    from detr_tutorial.config import FAMILIES, FAMILY_OPTIONS
+
+    assert set(FAMILIES) == set(dt.FAMILIES) == set(FAMILY_OPTIONS)
+    for name, family in dt.FAMILIES.items():
+        cfg = dt.get_config("detr-tiny", family=name, num_classes=3)
+        model = family.build_model(cfg)
+        assert model.config.family == name
+        assert isinstance(family.build_criterion(cfg), dt.SetCriterion)
+        assert isinstance(family.build_postprocess(cfg), dt.PostProcess)

@@ -25,9 +25,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..box_ops import box_xyxy_to_cxcywh
+from ..image_io import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Official DETR COCO recipe (detr/datasets/coco.py: make_coco_transforms).
 COCO_TRAIN_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800

@@ -1,7 +1,16 @@
-"""DETR's modules: backbone, position encodings, transformer, the DETR model and its builder."""
+"""DETR's modules: backbone, position encodings, transformer and the paper's DETR model.
+
+The model families built on them (and ``build_model``, which dispatches on a config's family)
+are in :mod:`detr_tutorial.families`.
+"""
 from .backbone import Backbone, FrozenBatchNorm2d, SmallCNN, build_backbone
-from .detr import DETR, MLP, PostProcess, build_model, predict
-from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine, build_position_encoding
+from .detr import DETR, MLP, PostProcess, build_detr, predict
+from .position_encoding import (
+    PositionEmbeddingLearned,
+    PositionEmbeddingSine,
+    build_position_encoding,
+    sine_embed_points,
+)
 from .transformer import (
     MultiheadAttention,
     Transformer,
@@ -19,11 +28,12 @@ __all__ = [
     "DETR",
     "MLP",
     "PostProcess",
-    "build_model",
+    "build_detr",
     "predict",
     "PositionEmbeddingSine",
     "PositionEmbeddingLearned",
     "build_position_encoding",
+    "sine_embed_points",
     "MultiheadAttention",
     "Transformer",
     "TransformerEncoder",

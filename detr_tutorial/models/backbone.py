@@ -33,8 +33,6 @@ _CHANNELS = {
     "resnet50": (1024, 2048),
     "resnet101": (1024, 2048),
 }
-# output channels of layer2 (the stage before layer3), for the decoder's finer map
-_FINE_CHANNELS = {"resnet18": 128, "resnet34": 128, "resnet50": 512, "resnet101": 512}
 _IMAGENET_WEIGHTS = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
     "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
@@ -65,8 +63,6 @@ class Backbone(nn.Module):
             is pretrained). ``None`` means: freeze them iff ``weights`` is given.
         dilation: replace the stride of the last stage by a dilation (the "DC5" models).
         stride: 32 (the paper) or 16 (stop after ``layer3``: a finer map at a quarter of the cost).
-        fine_features: also return the map of the stage before the last (twice the resolution,
-            ``fine_channels`` channels), for a decoder that reads both scales.
     """
 
     def __init__(
@@ -78,7 +74,6 @@ class Backbone(nn.Module):
         freeze_stem: Optional[bool] = None,
         dilation: bool = False,
         stride: int = 32,
-        fine_features: bool = False,
     ) -> None:
         super().__init__()
         if name not in _CHANNELS:
@@ -117,31 +112,19 @@ class Backbone(nn.Module):
         last = "layer4" if stride == 32 else "layer3"
         if stride not in (16, 32):
             raise ValueError(f"stride must be 16 or 32, got {stride}")
-        if fine_features and dilation:
-            raise ValueError("fine_features needs a stride-2 last stage: it cannot be combined with dilation (DC5)")
         # IntermediateLayerGetter keeps the modules up to `last` and drops avgpool/fc (and layer4 at stride 16)
         return_layers = {last: "0"}
-        if fine_features:
-            fine = "layer3" if last == "layer4" else "layer2"
-            return_layers[fine] = "fine"
-            self.fine_channels = _CHANNELS[name][0] if fine == "layer3" else _FINE_CHANNELS[name]
         self.body = IntermediateLayerGetter(body, return_layers=return_layers)
         self.num_channels = _CHANNELS[name][1 if last == "layer4" else 0]
         self.stride = 16 if (dilation or stride == 16) else 32
-        self.fine_features = fine_features
 
     def forward(self, images: Tensor, mask: Tensor) -> List[Tensor]:
-        """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``
-        (and, with ``fine_features``, the finer map ``[B, C', 2h, 2w]`` and its mask).
+        """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``[features [B, C, h, w], mask [B, h, w]]``.
 
-        A list, not a tuple: TorchScript has no tuples of varying length (``torch.jit.script``
-        compiles this trunk, as the official repository's tests do)."""
-        maps = self.body(images)
-        features = maps["0"]  # [B, C, H/stride, W/stride]
-        out = [features, mask_to_feature_size(mask, features.shape[-2:])]
-        if self.fine_features:
-            out += [maps["fine"], mask_to_feature_size(mask, maps["fine"].shape[-2:])]
-        return out
+        A list, as TorchScript compiles it (``torch.jit.script`` compiles this trunk, as the
+        official repository's tests do)."""
+        features = self.body(images)["0"]  # [B, C, H/stride, W/stride]
+        return [features, mask_to_feature_size(mask, features.shape[-2:])]
 
 
 class SmallCNN(nn.Module):
@@ -163,7 +146,7 @@ class SmallCNN(nn.Module):
 
     WIDTHS = (32, 64, 128, 256)
 
-    def __init__(self, stride: int = 16, norm: str = "bn", fine_features: bool = False) -> None:
+    def __init__(self, stride: int = 16, norm: str = "bn") -> None:
         super().__init__()
         from torchvision.models.resnet import BasicBlock
 
@@ -183,24 +166,15 @@ class SmallCNN(nn.Module):
             layers.append(BasicBlock(c_in, c_out, stride=2, downsample=downsample))
         self.body = nn.Sequential(*layers)
         self.num_channels = w[num_stages]
-        self.fine_channels = w[num_stages - 1]
         self.stride = stride
-        self.fine_features = fine_features
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
-        """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``
-        (and, with ``fine_features``, the previous stage's map ``[B, C/2, 2h, 2w]`` and its mask)."""
-        if not self.fine_features:
-            features = self.body(images)  # [B, C, H/stride, W/stride]
-            return features, mask_to_feature_size(mask, features.shape[-2:])
-        fine = self.body[:-1](images)  # [B, C/2, 2h, 2w]
-        features = self.body[-1](fine)  # [B, C, h, w]
-        return (
-            features, mask_to_feature_size(mask, features.shape[-2:]), fine, mask_to_feature_size(mask, fine.shape[-2:])
-        )
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``."""
+        features = self.body(images)  # [B, C, H/stride, W/stride]
+        return features, mask_to_feature_size(mask, features.shape[-2:])
 
 
 def build_backbone(
@@ -211,7 +185,6 @@ def build_backbone(
     freeze_stem: Optional[bool] = None,
     dilation: bool = False,
     stride: int = 32,
-    fine_features: bool = False,
 ) -> nn.Module:
     """The trunk a config names: a torchvision ResNet (:class:`Backbone`) or :class:`SmallCNN`."""
     if name == "smallcnn":
@@ -219,12 +192,12 @@ def build_backbone(
             raise ValueError("the smallcnn trunk has no pretrained weights: set pretrained_backbone=False")
         if dilation:
             raise ValueError("dilation (DC5) applies to resnet50/resnet101 only")
-        trunk = SmallCNN(stride=stride, norm=norm, fine_features=fine_features)
+        trunk = SmallCNN(stride=stride, norm=norm)
         trunk.requires_grad_(train_backbone)
         return trunk
     return Backbone(
         name, weights=weights, norm=norm, train_backbone=train_backbone, freeze_stem=freeze_stem,
-        dilation=dilation, stride=stride, fine_features=fine_features,
+        dilation=dilation, stride=stride,
     )
 
 

@@ -3,6 +3,9 @@
 ``images -> backbone -> input_proj -> (+ positions) transformer -> class_embed / bbox_embed``.
 Each of the ``num_queries`` decoder outputs becomes one prediction: a class distribution over
 ``num_classes + 1`` labels (the last is "no object", ∅) and a box ``(cx, cy, w, h)`` in ``[0, 1]``.
+
+This is the paper's model in the official code's shape; the later families (Conditional DETR
+with two-stage proposals, ...) subclass it in :mod:`detr_tutorial.families`.
 """
 from __future__ import annotations
 
@@ -11,68 +14,46 @@ import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import box_ops
-from ..config import DETRConfig, get_config
+from ..config import DETRConfig
+from ..image_io import IMAGENET_MEAN, IMAGENET_STD
 from ..nested import NestedTensor, to_nested
 from .backbone import build_backbone
 from .position_encoding import build_position_encoding
-from .transformer import MLP, Transformer
+from .transformer import Transformer
 
-__all__ = ["DETR", "MLP", "PostProcess", "build_model", "predict", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DETR", "MLP", "PostProcess", "build_detr", "build_parts", "finish_model", "predict", "full_precision"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+class MLP(nn.Module):
+    """A few linear layers with ReLU in between (DETR's 3-layer box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
 
 
 class DETR(nn.Module):
-    """DEtection TRansformer (Carion et al., 2020).
+    """DEtection TRansformer (Carion et al., 2020), as the official ``models/detr.py`` builds it.
 
     Args:
-        backbone: a :class:`Backbone` (any module returning ``(features, mask)`` with ``num_channels``;
-            ``cell_units`` also reads its ``stride``).
-        position_embedding: module mapping a mask ``[B, h, w]`` to ``[B, d, h, w]``.
+        backbone: a :class:`Backbone` (any module returning ``(features, mask)`` with ``num_channels``).
+        position_embedding: module mapping a mask ``[B, h, w]`` to ``[B, d, h, w]``. The official
+            code joins it to the backbone (``Joiner``); here it is its own step, the one chapter 02
+            builds, and its parameters (learned encoding) keep their own ``position_embedding.`` keys.
         transformer: a :class:`Transformer` of width ``d``.
         num_classes: real classes; the class head has one more output for "no object".
         num_queries: how many predictions per image (an upper bound on objects per image).
         aux_loss: also return the predictions of every earlier decoder layer.
-        query_groups: Group DETR (Chen et al., 2022): train ``query_groups`` independent sets of
-            ``num_queries`` queries that cannot see each other in the decoder's self-attention,
-            each matched one-to-one to the targets on its own. More queries learn from every
-            image, which speeds training up; in ``eval()`` mode only the first group runs, so the
-            model predicts ``num_queries`` boxes exactly as a plain DETR does (no NMS needed).
-        reference_points: Conditional DETR: each query learns a point ``sigmoid(MLP(query))`` and
-            predicts its box centre as an offset from it (in logit space). With a conditional
-            decoder (``Transformer(conditional=True)``) the point also steers the cross-attention.
-        encoder_aux: add the dense head on the encoder cells (``enc_class_embed``,
-            ``enc_bbox_embed``); its predictions appear as ``enc_outputs`` in training mode only
-            (with ``two_stage`` it also picks the proposals at inference).
-        box_refine: with a conditional decoder, each layer looks at (and offsets from) the box
-            centres of the layer before instead of the learned points.
-        two_stage: Deformable DETR's two-stage variant, with DINO's "mixed" queries: the dense
-            encoder head (``encoder_aux`` is required) scores every memory cell, and the
-            ``num_queries`` best cells' boxes (detached) become the queries' reference *boxes*;
-            each query predicts its box as an offset from its reference box (centre and size,
-            in logit space) and looks near its centre. The content queries stay learned
-            (``query_embed``). The encoder head is then used at inference too; the output is still
-            one set of ``num_queries`` predictions matched one-to-one, with no NMS.
-        cell_units: the encoder head predicts box sizes relative to its cell's size (in logit
-            space) and places cells at their exact centres in each image's pixels. Without it
-            the head must guess each image's size to state a box as a fraction of it, and the
-            only cue is the padding the batch adds around the image: trained on padded batches,
-            such a head drew 128-px validation images' boxes ~10% too small (they come unpadded,
-            as only the largest training images did). It also measures the map in the trunk's
-            pixels (``backbone.stride``): cells whose centre lies outside the image are padding
-            and the sine positions are normalized by the image's true extent in cells (see
-            :func:`cell_geometry`), so boxes and positions do not depend on whether an image's
-            side is a multiple of the stride.
-        fine_features: the decoder's cross-attention also reads the trunk's previous stage (twice
-            the resolution; the backbone must be built with ``fine_features=True``), projected
-            by ``fine_proj`` and told apart by a learned ``fine_level_embed`` added to its
-            positions. The encoder still works on the coarse map; the decoder gets the detail
-            that tight boxes need (the idea of Deformable DETR's multi-scale features, with plain
-            attention).
     """
 
     def __init__(
@@ -83,14 +64,6 @@ class DETR(nn.Module):
         num_classes: int,
         num_queries: int,
         aux_loss: bool = True,
-        config: Optional[DETRConfig] = None,
-        query_groups: int = 1,
-        reference_points: bool = False,
-        encoder_aux: bool = False,
-        box_refine: bool = False,
-        two_stage: bool = False,
-        cell_units: bool = False,
-        fine_features: bool = False,
     ) -> None:
         super().__init__()
         hidden_dim = transformer.d_model
@@ -98,44 +71,13 @@ class DETR(nn.Module):
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.transformer = transformer
-        self.fine_proj = self.fine_level_embed = None
-        if fine_features:
-            if not getattr(backbone, "fine_features", False):
-                raise ValueError("fine_features needs a backbone built with fine_features=True")
-            self.fine_proj = nn.Conv2d(backbone.fine_channels, hidden_dim, kernel_size=1)
-            self.fine_level_embed = nn.Parameter(torch.zeros(hidden_dim))
-        if query_groups < 1:
-            raise ValueError(f"query_groups must be >= 1, got {query_groups}")
-        self.query_embed = nn.Embedding(num_queries * query_groups, hidden_dim)  # group g: rows g*Q..(g+1)*Q-1
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        # Conditional DETR's reference points: each query's own point s = sigmoid(MLP(query)) in
-        # [0, 1]^2; the box centre is predicted as an offset from it (in logit space)
-        if two_stage and not (encoder_aux and transformer.decoder.conditional and query_groups == 1):
-            raise ValueError("two_stage needs the encoder head (encoder_aux), a conditional decoder and one query group")
-        self.reference_points = MLP(hidden_dim, hidden_dim, 2, 2) if reference_points and not two_stage else None
-        # A dense head on the encoder memory (one-to-many supervision of every cell
-        # near an object's centre, as Co-DETR's auxiliary heads); inference uses it only to pick
-        # the two-stage proposals.
-        self.enc_class_embed = nn.Linear(hidden_dim, num_classes) if encoder_aux else None
-        self.enc_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3) if encoder_aux else None
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.aux_loss = aux_loss
-        self.query_groups = query_groups
-        self.box_refine = box_refine
-        self.two_stage = two_stage
-        self.cell_units = cell_units
-        self.config = config
-
-    def _queries(self) -> tuple[Tensor, Optional[Tensor], int]:
-        """The object queries of this pass ``[G*Q, d]``, their self-attention mask and ``G``."""
-        groups = self.query_groups if self.training else 1
-        queries = self.query_embed.weight[: self.num_queries * groups]
-        if groups == 1:
-            return queries, None, 1
-        group_of = torch.arange(self.num_queries * groups, device=queries.device) // self.num_queries
-        return queries, group_of[:, None] != group_of[None, :], groups  # True = other group: blocked
+        self.config: Optional[DETRConfig] = None  # set by the builders: the config it was built from
 
     def forward(
         self, samples: Union[NestedTensor, Tensor, Sequence[Tensor]], return_attention: bool = False
@@ -146,155 +88,65 @@ class DETR(nn.Module):
         (padded here, padding masked out), or a :class:`NestedTensor`.
 
         Returns ``pred_logits [B, Q, C+1]``, ``pred_boxes [B, Q, 4]`` (normalized cxcywh),
-        ``aux_outputs`` (one dict per earlier decoder layer, if ``aux_loss``), in training with
-        ``query_groups = G > 1`` ``G*Q`` predictions and ``query_groups: G``, and, with
+        ``aux_outputs`` (one dict per earlier decoder layer, if ``aux_loss``) and, with
         ``return_attention``, ``enc_attn [L_enc, B, heads, hw, hw]``,
         ``dec_attn [L_dec, B, heads, Q, hw]`` and ``feature_shape (h, w)``.
         """
         nested = to_nested(samples)
-        features, mask, *finer = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
-        if self.cell_units:
-            mask, extent = cell_geometry(nested.mask, features.shape[-2:], self.backbone.stride)
-            pos = self.position_embedding(mask, extent).to(features.dtype)  # [B, d, h, w]
-        else:
-            pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
+        features, mask = self.backbone(nested.tensors, nested.mask)  # [B, C, h, w], [B, h, w]
+        pos = self.position_embedding(mask).to(features.dtype)  # [B, d, h, w]
         src = self.input_proj(features)  # [B, d, h, w]
-        fine = None
-        if self.fine_proj is not None:
-            fine_features, fine_mask = finer  # [B, C', h', w'], [B, h', w']
-            fine_pos = self.position_embedding(fine_mask).to(fine_features.dtype)  # [B, d, h', w']
-            fine_pos = fine_pos + self.fine_level_embed.to(fine_pos.dtype)[None, :, None, None]
-            fine = (self.fine_proj(fine_features), fine_mask, fine_pos)
-        queries, query_mask, groups = self._queries()  # [G*Q, d]
-        ref = None
-        if self.reference_points is not None:
-            ref = self.reference_points(queries).sigmoid().clamp(1e-4, 1 - 1e-4)  # [G*Q, 2] as (x, y)
-        encoder_out: dict[str, Tensor] = {}
-        if self.two_stage:
+        t = self.transformer(src, mask, self.query_embed.weight, pos, return_attention=return_attention)
+        hs = t["hs"]  # [L_dec, B, Q, d]
+        out = self.set_outputs(self.class_head(hs), self.box_head(hs).sigmoid())
+        if return_attention:
+            out.update(enc_attn=t["enc_attn"], dec_attn=t["dec_attn"])
+            out["feature_shape"] = (int(features.shape[-2]), int(features.shape[-1]))
+        return out
 
-            def choose(memory: Tensor, key_padding_mask: Tensor) -> Tensor:  # memory [B, hw, d]
-                b, d, h, w = src.shape
-                cells = memory.transpose(1, 2).reshape(b, d, h, w)
-                encoder_out.update(self._encoder_predictions(cells, mask, nested.mask))
-                return self._proposals(encoder_out)  # [B, Q, 4] reference boxes
+    def class_head(self, hs: Tensor) -> Tensor:
+        """``class_embed`` in float32 even under autocast: ``[L, B, Q, d]`` -> ``[L, B, Q, C+1]``."""
+        with full_precision(hs):
+            return self.class_embed(hs.to(self.class_embed.weight.dtype))
 
-            ref = choose
-        t = self.transformer(
-            src, mask, queries, pos, return_attention=return_attention, query_mask=query_mask, reference=ref,
-            refine=self._box_head if self.box_refine else None, fine=fine,
-        )
-        hs = t["hs"]  # [L_dec, B, G*Q, d]
-        with _full_precision(hs):
-            outputs_class = self.class_embed(hs.to(self.class_embed.weight.dtype))  # [L_dec, B, Q, C+1]
-        box_logits = self._box_head(hs)  # [L_dec, B, G*Q, 4]
-        if ref is not None:
-            # each layer's centres are offsets from the points its queries looked at: the learned
-            # reference points, or with box refinement the previous layer's centres
-            layer_refs = t["references"] if "references" in t else ref  # [L_dec, B, G*Q, 2 or 4] or [G*Q, 2]
-            r = layer_refs.shape[-1]  # 2: centres offset from points; 4: whole boxes from proposals
-            anchor = torch.logit(layer_refs.to(box_logits.dtype))
-            box_logits = torch.cat([box_logits[..., :r] + anchor, box_logits[..., r:]], dim=-1)
-        outputs_coord = box_logits.sigmoid()  # [L_dec, B, G*Q, 4]
+    def box_head(self, hs: Tensor) -> Tensor:
+        """``bbox_embed``'s box *logits* ``[L, B, Q, 4]`` (before the sigmoid), in float32 even under
+        autocast: boxes are sub-pixel coordinates (bfloat16 keeps 8 bits of mantissa, ~0.4%: a
+        pixel of error on a 12 px object)."""
+        with full_precision(hs):
+            return self.bbox_embed(hs.to(self.bbox_embed.layers[0].weight.dtype))
+
+    def set_outputs(self, outputs_class: Tensor, outputs_coord: Tensor) -> dict[str, Any]:
+        """The last layer's predictions, and the earlier layers' as ``aux_outputs`` (``aux_loss``)."""
         out: dict[str, Any] = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [
                 {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])
             ]
-        if groups > 1:
-            out["query_groups"] = groups
-        if self.enc_class_embed is not None and self.training:
-            out["enc_outputs"] = encoder_out or self._encoder_predictions(t["memory"], mask, nested.mask)
-        if return_attention:
-            if "references" in t:
-                out["reference_points"] = t["references"][..., :2]  # [L_dec, B, Q, 2] (x, y): where each layer looked
-            out["enc_attn"] = t["enc_attn"]
-            out["dec_attn"] = t["dec_attn"]
-            out["feature_shape"] = (int(features.shape[-2]), int(features.shape[-1]))
-            if fine is not None:
-                out["dec_attn_fine"] = t["dec_attn_fine"]  # [L_dec, B, heads, Q, h'w']
-                out["fine_shape"] = (int(fine[0].shape[-2]), int(fine[0].shape[-1]))
         return out
 
     def __prepare_scriptable__(self) -> nn.Module:
         """What ``torch.jit.script(model)`` compiles: :class:`~detr_tutorial.models.scriptable.ScriptableDETR`,
-        this model's own modules chained in TorchScript's subset of Python (paper's family only;
-        it raises a ``ValueError`` naming the options that do not script)."""
+        this model's own modules chained in TorchScript's subset of Python (the paper's family
+        only; another family raises a ``ValueError`` naming it)."""
         from .scriptable import ScriptableDETR
 
         return ScriptableDETR(self)
 
-    def _box_head(self, hs: Tensor) -> Tensor:
-        """``bbox_embed`` in float32 even under autocast: its outputs are sub-pixel coordinates
-        (bfloat16 keeps 8 bits of mantissa, ~0.4%: a pixel of error on a 12 px object)."""
-        with _full_precision(hs):
-            return self.bbox_embed(hs.to(self.bbox_embed.layers[0].weight.dtype))
+    def class_heads(self) -> list[nn.Linear]:
+        """The linear layers that score classes (a family with more heads adds its own)."""
+        return [self.class_embed]
 
-    def _encoder_predictions(self, memory: Tensor, mask: Tensor, image_mask: Tensor) -> dict[str, Tensor]:
-        """The dense head on every memory cell: class logits and a box around the cell's centre.
-
-        Cell centres are in the normalized coordinates of each image's valid area (padding cells
-        get centres beyond 1 and are masked out of the loss); ``mask [B, h, w]`` marks the padding
-        cells, ``image_mask [B, H, W]`` the padding pixels. With ``cell_units`` the centres are
-        exact for images whose side is not a multiple of the stride, and the box sizes are
-        predicted relative to the cell's size (in logit space): a box is then measured in the
-        features' own pixels, not guessed from how much of the padded batch canvas the image fills.
-        """
-        b, d, h, w = memory.shape
-        cells = memory.flatten(2).transpose(1, 2).to(self.enc_class_embed.weight.dtype)  # [B, hw, d]
-        if self.cell_units:
-            # valid extent in cells, fractional: e.g. 120 px at stride 16 = 7.5 cells. The stride
-            # is the trunk's, never canvas / map side: a 117 px canvas gives a map of ceil(117/16)
-            # = 8 cells, and 117 / 8 = 14.6 px would shrink every box by 9 %.
-            stride = float(self.backbone.stride)
-            valid_h = (~image_mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype) / stride  # [B]
-            valid_w = (~image_mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype) / stride  # [B]
-        else:
-            valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).to(cells.dtype)  # [B] rows of the image itself
-            valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).to(cells.dtype)  # [B]
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=cells.device, dtype=cells.dtype) + 0.5,
-            torch.arange(w, device=cells.device, dtype=cells.dtype) + 0.5,
-            indexing="ij",
-        )
-        centres = torch.stack(
-            [xs.flatten()[None] / valid_w[:, None], ys.flatten()[None] / valid_h[:, None]], dim=-1
-        )  # [B, hw, 2] as (x, y)
-        with _full_precision(cells):  # float32 heads, as for the decoder's boxes
-            offsets = self.enc_bbox_embed(cells)  # [B, hw, 4]
-            logits = self.enc_class_embed(cells)  # [B, hw, C]
-        cell_size = torch.stack([1.0 / valid_w, 1.0 / valid_h], dim=-1)  # [B, 2]
-        anchor = torch.logit(centres.clamp(1e-4, 1 - 1e-4))
-        sizes = offsets[..., 2:]
-        if self.cell_units:
-            sizes = sizes + torch.logit(cell_size.clamp(1e-4, 1 - 1e-4))[:, None, :]  # a cell-sized box at 0
-        boxes = torch.cat([offsets[..., :2] + anchor, sizes], dim=-1).sigmoid()
-        return {
-            "pred_logits": logits,  # [B, hw, C] (sigmoid scores, no "no object")
-            "pred_boxes": boxes,  # [B, hw, 4] normalized cxcywh
-            "centres": centres,
-            "cell_size": cell_size,
-            "padding": mask.flatten(1),  # [B, hw]
-        }
-
-    def _proposals(self, encoder_out: dict[str, Tensor]) -> Tensor:
-        """Two-stage: the boxes of the ``num_queries`` highest-scoring memory cells ``[B, Q, 4]``.
-
-        A cell's score is its best class probability; padding cells are never chosen. The boxes
-        are detached: the decoder refines them, the dense loss alone trains the encoder head.
-        """
-        logits, boxes = encoder_out["pred_logits"], encoder_out["pred_boxes"]  # [B, hw, C], [B, hw, 4]
-        if logits.shape[1] < self.num_queries:
-            raise ValueError(
-                f"two-stage DETR picks its {self.num_queries} queries among the feature map's cells, but this "
-                f"batch's map has only {logits.shape[1]}: use larger images or fewer queries"
-            )
-        scores = logits.detach().max(-1).values.masked_fill(encoder_out["padding"], float("-inf"))  # [B, hw]
-        top = scores.topk(self.num_queries, dim=1).indices  # [B, Q]
-        chosen = torch.gather(boxes.detach(), 1, top[..., None].expand(-1, -1, 4))  # [B, Q, 4]
-        return chosen.clamp(1e-4, 1 - 1e-4)
+    def init_class_prior(self, prob: float) -> None:
+        """Deformable DETR's prior for the focal loss: every sigmoid class score starts at ``prob``
+        (0.01), so the first steps are not spent pushing down the many "no object" queries."""
+        bias = -math.log((1.0 - prob) / prob)
+        with torch.no_grad():
+            for head in self.class_heads():
+                head.bias.fill_(bias)
 
     def reset_class_head(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
-        """Replace ``class_embed`` by a fresh head for ``num_classes`` real classes (+ "no object").
+        """Replace the class heads by fresh ones for ``num_classes`` real classes (+ "no object").
 
         The usual first step of fine-tuning a COCO-trained DETR on another data set: everything
         else (backbone, transformer, box head, queries) is kept.
@@ -303,44 +155,21 @@ class DETR(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
-        old = self.class_embed
-        self.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
-        if self.enc_class_embed is not None:  # the dense encoder head predicts the classes too
-            enc = self.enc_class_embed
-            self.enc_class_embed = nn.Linear(enc.in_features, num_classes).to(enc.weight.device, enc.weight.dtype)
+        self._replace_class_heads(num_classes)
         self.num_classes = num_classes
         if self.config is not None:
             self.config = self.config.replace(
                 num_classes=num_classes, class_names=list(class_names) if class_names else None
             )
-            _init_class_prior(self, self.config)
+            if self.config.focal_loss and self.config.focal_prior_prob is not None:
+                self.init_class_prior(self.config.focal_prior_prob)
+
+    def _replace_class_heads(self, num_classes: int) -> None:
+        old = self.class_embed
+        self.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
 
 
-def cell_geometry(image_mask: Tensor, size: Sequence[int], stride: int) -> tuple[Tensor, Tensor]:
-    """Which feature cells belong to the image, and the image's extent in cells.
-
-    ``image_mask [B, H, W]`` (True = padding), ``size`` the map's ``(h, w)``, ``stride`` the
-    trunk's. A cell belongs to the image when its centre ``(i + 0.5) * stride`` lies on a valid
-    pixel: a 129 px side gives 9 cells, the 9th covering one pixel row, and that sliver is padding
-    here (the official nearest-neighbour mask keeps it, and a model trained on 128 px images has
-    never seen such a cell). Returns ``mask [B, h, w]`` and ``extent [B, 2]``, the valid height and
-    width divided by the stride (fractional: 120 px at stride 16 is 7.5 cells).
-    """
-    h, w = size[0], size[1]  # no int(): under torch.export these are symbolic sizes, int() would fix them
-    big_h, big_w = image_mask.shape[-2:]
-    rows = ((torch.arange(h, device=image_mask.device) + 0.5) * stride).long()  # [h] centre pixel rows
-    cols = ((torch.arange(w, device=image_mask.device) + 0.5) * stride).long()  # [w]
-    inside = (rows < big_h)[:, None] & (cols < big_w)[None, :]  # [h, w]: centre on the canvas
-    sampled = image_mask[:, rows.clamp(max=big_h - 1)][:, :, cols.clamp(max=big_w - 1)]  # [B, h, w]
-    mask = sampled | ~inside[None]
-    mask[:, 0, 0] = image_mask[:, 0, 0]  # an image smaller than half a cell keeps its one cell
-    valid_h = (~image_mask[:, :, 0]).sum(1).clamp(min=1)  # [B] pixel rows of the image itself
-    valid_w = (~image_mask[:, 0, :]).sum(1).clamp(min=1)  # [B]
-    extent = torch.stack([valid_h, valid_w], dim=-1).float() / stride  # [B, 2] in cells
-    return mask, extent
-
-
-def _full_precision(x: Tensor):
+def full_precision(x: Tensor):
     """Switch autocast off (the prediction heads run in float32 whatever the trunk runs in)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
@@ -360,6 +189,11 @@ class PostProcess(nn.Module):
             raise ValueError(f"score_mode must be 'softmax' or 'sigmoid', got {score_mode!r}")
         self.score_mode = score_mode
 
+    @classmethod
+    def for_config(cls, config: Optional[DETRConfig]) -> "PostProcess":
+        """Sigmoid scores for a model trained with the focal loss, softmax otherwise (and for ``None``)."""
+        return cls("sigmoid" if config is not None and config.focal_loss else "softmax")
+
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
         """``target_sizes [B, 2]`` holds each original image's ``(h, w)``."""
@@ -378,12 +212,16 @@ class PostProcess(nn.Module):
         return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
 
 
-def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: Any) -> DETR:
-    """Build a DETR from a preset name (``dt.PRESETS``) or a :class:`DETRConfig`, with overrides.
+def build_detr(cfg: DETRConfig) -> DETR:
+    """The paper's DETR for a config of the ``"detr"`` family (``dt.build_model`` dispatches here)."""
+    backbone, position_embedding, transformer = build_parts(cfg, Transformer)
+    model = DETR(backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)
+    return finish_model(model, cfg)
 
-    >>> model = build_model("detr-tiny", num_classes=5, pretrained_backbone=False)
-    """
-    cfg = get_config(name_or_cfg, **overrides)
+
+def build_parts(cfg: DETRConfig, transformer_class: type = Transformer) -> tuple[nn.Module, nn.Module, Transformer]:
+    """The trunk, the position encoding and the transformer a config describes, created in the
+    official order (trunk, transformer, encoding: a seed gives the same weights in every family)."""
     backbone = build_backbone(
         cfg.backbone,
         weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
@@ -392,9 +230,8 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
         freeze_stem=cfg.freeze_stem,
         dilation=cfg.dilation,
         stride=cfg.backbone_stride,
-        fine_features=cfg.fine_features,
     )
-    transformer = Transformer(
+    transformer = transformer_class(
         d_model=cfg.hidden_dim,
         nhead=cfg.nheads,
         num_encoder_layers=cfg.enc_layers,
@@ -402,31 +239,16 @@ def build_model(name_or_cfg: Union[str, DETRConfig] = "detr-r50", **overrides: A
         dim_feedforward=cfg.dim_feedforward,
         dropout=cfg.dropout,
         normalize_before=cfg.pre_norm,
-        position_at_input=cfg.position_at_input,
-        conditional=cfg.conditional_spatial_query,
     )
-    position_embedding = build_position_encoding(cfg.position_embedding, cfg.hidden_dim)
-    model = DETR(
-        backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss,
-        config=cfg, query_groups=cfg.query_groups, reference_points=cfg.reference_points,
-        encoder_aux=cfg.encoder_aux_loss, box_refine=cfg.box_refine, two_stage=cfg.two_stage,
-        cell_units=cfg.encoder_cell_units,
-        fine_features=cfg.fine_features,
-    )
-    _init_class_prior(model, cfg)
+    return backbone, build_position_encoding(cfg.position_embedding, cfg.hidden_dim), transformer
+
+
+def finish_model(model: DETR, cfg: DETRConfig) -> DETR:
+    """What every builder does last: remember the config and set the focal loss's class prior."""
+    model.config = cfg
+    if cfg.focal_loss and cfg.focal_prior_prob is not None:
+        model.init_class_prior(cfg.focal_prior_prob)
     return model
-
-
-def _init_class_prior(model: DETR, cfg: DETRConfig) -> None:
-    """Deformable DETR's prior: every sigmoid class score starts at ``focal_prior_prob`` (0.01), so
-    the first steps' focal loss is not dominated by the many queries that should say "no object"."""
-    if not (cfg.focal_loss and cfg.focal_prior_prob is not None):
-        return
-    bias = -math.log((1.0 - cfg.focal_prior_prob) / cfg.focal_prior_prob)
-    with torch.no_grad():
-        model.class_embed.bias.fill_(bias)
-        if model.enc_class_embed is not None:
-            model.enc_class_embed.bias.fill_(bias)
 
 
 def _to_image_tensor(image: Any) -> Tensor:
@@ -495,8 +317,7 @@ def predict(
     finally:
         model.train(was_training)
     sizes = torch.tensor([im.shape[-2:] for im in batch], device=device)
-    focal = bool(model.config is not None and model.config.focal_loss)
-    results = PostProcess("sigmoid" if focal else "softmax")(outputs, sizes)
+    results = PostProcess.for_config(model.config)(outputs, sizes)
     names = model.config.class_names if model.config is not None else None
     detections = []
     for r in results:

@@ -9,6 +9,8 @@ the channels encode the row (y), half the column (x), so the layout survives fla
 - :class:`PositionEmbeddingLearned` — a learned table for rows and one for columns (50 entries
   each), concatenated. Not a 1-D table over flattened positions: that would tie the code of a cell
   to its index ``y*w + x``, which changes meaning whenever the width changes.
+- :func:`sine_embed_points` — the sine code of arbitrary points ``(x, y)`` in ``[0, 1]``, laid out
+  as :class:`PositionEmbeddingSine`'s (Conditional DETR's spatial queries compare the two).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PositionEmbeddingSine", "PositionEmbeddingLearned", "build_position_encoding"]
+__all__ = ["PositionEmbeddingSine", "PositionEmbeddingLearned", "build_position_encoding", "sine_embed_points"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -98,6 +100,23 @@ class PositionEmbeddingLearned(nn.Module):
         y_emb = self.row_embed(torch.arange(h, device=mask.device))  # [h, d]
         pos = torch.cat([x_emb[None, :, :].expand(h, w, -1), y_emb[:, None, :].expand(h, w, -1)], dim=-1)
         return pos.permute(2, 0, 1)[None].expand(b, -1, -1, -1)  # [B, 2d, h, w]
+
+
+def sine_embed_points(points: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """Sine code of points ``[..., 2]`` given as ``(x, y)`` in ``[0, 1]`` -> ``[..., dim]``.
+
+    The layout of :class:`PositionEmbeddingSine` (y half first, sin/cos interleaved, coordinates
+    scaled to ``[0, 2π]``), so a point's code lines up with the codes of the feature cells around it.
+    """
+    half = dim // 2
+    dim_t = torch.arange(half, dtype=torch.float32, device=points.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
+    scaled = points.float() * (2 * math.pi)
+    pos_x = scaled[..., 0, None] / dim_t
+    pos_y = scaled[..., 1, None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(-2)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(-2)
+    return torch.cat((pos_y, pos_x), dim=-1).to(points.dtype)
 
 
 def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:

@@ -20,9 +20,9 @@ __all__ = ["ScriptableDETR", "scripting_blockers"]
 class ScriptableDETR(nn.Module):
     """The paper's DETR at inference, in the subset of Python that ``torch.jit.script`` compiles.
 
-    :class:`~detr_tutorial.models.DETR`'s own ``forward`` serves every family of the package
-    (closures for two-stage proposals, box refinement, outputs of many types); TorchScript
-    compiles none of that. This module *shares* the model's submodules and parameters (backbone,
+    :class:`~detr_tutorial.models.DETR`'s ``forward`` takes a list of images or a
+    ``NestedTensor`` and returns outputs of several types; TorchScript compiles neither. This
+    module *shares* the model's submodules and parameters (backbone,
     position encoding, ``input_proj``, encoder, decoder layers, heads) and chains them as the
     paper's forward pass does, so its outputs are the model's own (the tests check equality).
 
@@ -47,8 +47,6 @@ class ScriptableDETR(nn.Module):
         self.query_embed = model.query_embed
         self.class_embed = model.class_embed
         self.bbox_embed = model.bbox_embed
-        self.num_queries = int(model.num_queries)
-        self.position_at_input = bool(model.transformer.position_at_input)
 
     def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         if mask is None:
@@ -58,15 +56,12 @@ class ScriptableDETR(nn.Module):
         pos = self.position_embedding(cell_mask).to(features.dtype).flatten(2).transpose(1, 2)  # [B, hw, d]
         src = self.input_proj(features).flatten(2).transpose(1, 2)  # [B, hw, d]
         key_padding_mask = cell_mask.flatten(1)  # [B, hw]
-        if self.position_at_input:
-            src = src + pos
-        queries = self.query_embed.weight[: self.num_queries]  # [Q, d]: the first query group
-        query_pos = queries[None].expand(src.shape[0], -1, -1)  # [B, Q, d]
+        query_pos = self.query_embed.weight[None].expand(src.shape[0], -1, -1)  # [B, Q, d]
         memory, _ = self.encoder(src, key_padding_mask, pos, False)
         tgt = torch.zeros_like(query_pos)
         layers_out = []
-        for i, layer in enumerate(self.decoder_layers):
-            tgt, _ = layer(tgt, memory, key_padding_mask, pos, query_pos, False, None, None, i == 0)
+        for layer in self.decoder_layers:
+            tgt, _ = layer(tgt, memory, key_padding_mask, pos, query_pos, False)
             layers_out.append(self.decoder_norm(tgt))
         # the heads run on every layer's output, as DETR.forward does, so the last layer's numbers
         # are bit for bit the model's (a matrix product's rounding can depend on its batch shape)
@@ -77,26 +72,24 @@ class ScriptableDETR(nn.Module):
 
 
 def scripting_blockers(model: nn.Module) -> list[str]:
-    """The options of ``model`` that :func:`script_model` cannot compile (empty: it scripts).
+    """What keeps ``model`` from :func:`script_model` (empty: it scripts).
 
     The paper's family scripts: a ResNet trunk (with or without dilation), sine or learned
     positions, post- or pre-norm layers, any number of layers, heads and queries; settings that
-    only change training (auxiliary losses, query groups, the focal loss, the dense encoder head
-    without two-stage) do not matter. The later families do not: two-stage proposals, box
-    refinement, reference points and the conditional decoder, a second feature map, cell units,
-    and the small CNN trunk.
+    only change training (auxiliary losses, the focal loss) do not matter. Another family (its
+    forward passes references between encoder and decoder) and the small CNN trunk do not.
     """
     from .detr import DETR  # here: detr.py imports this module
 
     if not isinstance(model, DETR):
         raise TypeError(f"expected a detr_tutorial DETR model, got {type(model).__name__}")
     checks = [
-        (model.two_stage, "two_stage"),
-        (model.box_refine, "box_refine"),
-        (model.reference_points is not None, "reference_points"),
-        (model.transformer.decoder.conditional, "conditional_spatial_query"),
-        (model.fine_proj is not None, "fine_features"),
-        (model.cell_units, "encoder_cell_units"),
+        (type(model) is not DETR, f"the {_family_name(model)!r} family ({type(model).__name__})"),
         (not isinstance(model.backbone, Backbone), f"the {type(model.backbone).__name__} trunk"),
     ]
     return [name for used, name in checks if used]
+
+
+def _family_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return config.family if config is not None else type(model).__name__

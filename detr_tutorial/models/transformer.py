@@ -11,13 +11,14 @@ Differences from the transformer of "Attention is all you need", all taken from 
 
 Tensors are batch-first here (``[B, L, d]``); the official code is sequence-first. The attention
 parameters keep ``torch.nn.MultiheadAttention``'s layout (``in_proj_weight``, ``out_proj``) so
-that official checkpoints load by renaming keys only.
+that official checkpoints load by renaming keys only. The variants of later papers (Conditional
+DETR's decoder, ...) live in :mod:`detr_tutorial.families` and build on these classes.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ class MultiheadAttention(nn.Module):
     The fast path is :func:`torch.nn.functional.scaled_dot_product_attention`; with
     ``need_weights=True`` the weights are computed explicitly and returned per head
     (``[B, nheads, L_q, L_k]``, rows summing to one, padding keys at exactly zero).
+    :meth:`project` and :meth:`attend` are the two halves of :meth:`forward`, for variants that
+    change the projected queries and keys in between (Conditional DETR appends a spatial part).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -56,48 +59,32 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def _split_heads(self, x: Tensor) -> Tensor:
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``[B, L, d]`` -> ``[B, heads, L, d / heads]``."""
         b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, heads, L, head_dim]
+        return x.view(b, n, self.num_heads, x.shape[-1] // self.num_heads).transpose(1, 2)
 
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Optional[Tensor] = None,
-        need_weights: bool = False,
-        attn_mask: Optional[Tensor] = None,
-        query_extra: Optional[Tensor] = None,
-        key_extra: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """``query [B, Lq, d]``, ``key/value [B, Lk, d]``, ``key_padding_mask [B, Lk]`` (True = ignore).
-
-        ``attn_mask [Lq, Lk]`` (True = this query may not see this key) blocks pairs for every
-        image alike (Group DETR keeps its query groups apart with it).
-
-        ``query_extra [B or 1, Lq, d]`` and ``key_extra [B, Lk, d]`` (already projected) are
-        concatenated to the projected queries and keys *per head* (Conditional DETR's spatial
-        part): a head's score is then ``q·k + q_extra·k_extra`` over ``2 * head_dim`` channels.
-
-        Returns ``(output [B, Lq, d], weights [B, heads, Lq, Lk] or None)``.
-        """
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The input projections, split into heads: each ``[B, heads, L, head_dim]``."""
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = self._split_heads(F.linear(query, w_q, b_q))
-        k = self._split_heads(F.linear(key, w_k, b_k))
-        v = self._split_heads(F.linear(value, w_v, b_v))
-        if query_extra is not None and key_extra is not None:
-            q = torch.cat([q, self._split_heads(query_extra.expand(q.shape[0], -1, -1))], dim=-1)
-            k = torch.cat([k, self._split_heads(key_extra)], dim=-1)  # [B, heads, L, 2 * head_dim]
+        return (
+            self.split_heads(F.linear(query, w_q, b_q)),
+            self.split_heads(F.linear(key, w_k, b_k)),
+            self.split_heads(F.linear(value, w_v, b_v)),
+        )
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None, need_weights: bool = False
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Scaled dot-product attention of projected heads, then ``out_proj``.
+
+        ``q [B, heads, Lq, e]``, ``k [B, heads, Lk, e]``, ``v [B, heads, Lk, head_dim]`` (``e`` may
+        exceed ``head_dim``: the scale is ``1 / sqrt(e)``) -> ``(output [B, Lq, d], weights)``.
+        """
         dropout_p = self.dropout if self.training else 0.0
         weights: Optional[Tensor] = None
-        blocked: Optional[Tensor] = None  # [B or 1, 1, Lq or 1, Lk], True = masked out
-        if key_padding_mask is not None:
-            blocked = key_padding_mask[:, None, None, :]
-        if attn_mask is not None:
-            pairs = attn_mask[None, None]
-            blocked = pairs if blocked is None else blocked | pairs
+        blocked = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, Lk]
         # The explicit path returns the weights; it is also the fast one for bfloat16/float16 on the
         # CPU, where SDPA's fused kernel is several times slower (its backward above all) for
         # DETR's short sequences (benchmarks/RESULTS.md, "attention under CPU autocast").
@@ -112,41 +99,23 @@ class MultiheadAttention(nn.Module):
         else:
             keep = None if blocked is None else ~blocked  # SDPA: True = take part
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)  # [B, Lq, d]
+        out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.embed_dim)  # [B, Lq, d]
         return self.out_proj(out), weights
 
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """``query [B, Lq, d]``, ``key/value [B, Lk, d]``, ``key_padding_mask [B, Lk]`` (True = ignore).
 
-class MLP(nn.Module):
-    """A few linear layers with ReLU in between (DETR's 3-layer box head, Conditional DETR's
-    ``query_scale``)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
-
-
-def sine_embed_points(points: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """Sine code of points ``[..., 2]`` given as ``(x, y)`` in ``[0, 1]`` -> ``[..., dim]``.
-
-    The layout of :class:`~detr_tutorial.models.PositionEmbeddingSine` (y half first, sin/cos
-    interleaved, coordinates scaled to ``[0, 2π]``), so a point's code lines up with the codes of
-    the feature cells around it.
-    """
-    half = dim // 2
-    dim_t = torch.arange(half, dtype=torch.float32, device=points.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
-    scaled = points.float() * (2 * math.pi)
-    pos_x = scaled[..., 0, None] / dim_t
-    pos_y = scaled[..., 1, None] / dim_t
-    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(-2)
-    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(-2)
-    return torch.cat((pos_y, pos_x), dim=-1).to(points.dtype)
+        Returns ``(output [B, Lq, d], weights [B, heads, Lq, Lk] or None)``.
+        """
+        q, k, v = self.project(query, key, value)
+        return self.attend(q, k, v, key_padding_mask, need_weights)
 
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
@@ -217,12 +186,6 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
-    def make_conditional(self) -> None:
-        """Add Conditional DETR's projections of the query's spatial code and of the key positions."""
-        d = self.cross_attn.embed_dim
-        self.ca_qpos_sine_proj = nn.Linear(d, d)
-        self.ca_kpos_proj = nn.Linear(d, d)
-
     def forward(
         self,
         tgt: Tensor,
@@ -231,27 +194,12 @@ class TransformerDecoderLayer(nn.Module):
         pos: Optional[Tensor],
         query_pos: Optional[Tensor],
         need_weights: bool = False,
-        self_attn_mask: Optional[Tensor] = None,
-        query_sine: Optional[Tensor] = None,
-        is_first: bool = False,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """``tgt, query_pos [B, Q, d]``, ``memory, pos [B, HW, d]`` -> ``(tgt [B, Q, d], cross weights)``.
-
-        ``self_attn_mask [Q, Q]`` (True = blocked) limits which queries see each other.
-        ``query_sine [B, Q, d]``: the conditional spatial query (Conditional DETR; post-norm only).
-        """
-        if query_sine is not None:
-            # hasattr is decided when TorchScript compiles: a plain layer never compiles this branch
-            if hasattr(self, "ca_qpos_sine_proj"):
-                return self._forward_conditional(
-                    tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine,
-                    is_first,
-                )
-            raise ValueError("query_sine needs a conditional layer (call make_conditional() first)")
+        """``tgt, query_pos [B, Q, d]``, ``memory, pos [B, HW, d]`` -> ``(tgt [B, Q, d], cross weights)``."""
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2, attn_mask=self_attn_mask)[0])
+            tgt = tgt + self.dropout1(self.self_attn(q, k, tgt2)[0])
             tgt2 = self.norm2(tgt)
             attn, weights = self.cross_attn(
                 _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, need_weights
@@ -260,40 +208,9 @@ class TransformerDecoderLayer(nn.Module):
             tgt = tgt + self.dropout3(self._ffn(self.norm3(tgt)))
             return tgt, weights
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
         attn, weights = self.cross_attn(
             _with_pos(tgt, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, need_weights
-        )
-        tgt = self.norm2(tgt + self.dropout2(attn))
-        tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
-        return tgt, weights
-
-    def _forward_conditional(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        memory_key_padding_mask: Optional[Tensor],
-        pos: Optional[Tensor],
-        query_pos: Optional[Tensor],
-        need_weights: bool,
-        self_attn_mask: Optional[Tensor],
-        query_sine: Tensor,
-        is_first: bool,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """Conditional DETR's cross-attention: content and space matched in separate channels.
-
-        Each head scores a key by ``content_q·content_k + spatial_q·spatial_k``. The spatial query
-        is the sine code of the query's reference point, scaled per channel by the decoder
-        embedding; the spatial key is the cell's position code. So a query looks near its point
-        from the first step, instead of learning to find its place through the content channels.
-        """
-        q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]))
-        content_q = _with_pos(tgt, query_pos) if is_first else tgt  # [B, Q, d]
-        content_k = _with_pos(memory, pos) if is_first else memory  # [B, HW, d]
-        attn, weights = self.cross_attn(
-            content_q, content_k, memory, memory_key_padding_mask, need_weights,
-            query_extra=self.ca_qpos_sine_proj(query_sine), key_extra=self.ca_kpos_proj(pos),
         )
         tgt = self.norm2(tgt + self.dropout2(attn))
         tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
@@ -324,21 +241,10 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """A stack of decoder layers returning *every* layer's output through one shared LayerNorm."""
 
-    def __init__(
-        self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module, conditional: bool = False
-    ) -> None:
+    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module) -> None:
         super().__init__()
         self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
         self.norm = norm
-        self.conditional = conditional
-        if conditional:
-            d = layer.cross_attn.embed_dim
-            for each in self.layers:
-                each.make_conditional()
-            # lambda_q: a per-channel scale of the spatial code computed from the decoder embedding;
-            # the first layer uses the plain code, so a one-layer decoder has none (an unused
-            # parameter would stop DDP: "parameters that were not used in producing loss")
-            self.query_scale: Optional[nn.Module] = MLP(d, d, d, 2) if num_layers > 1 else None
 
     def forward(
         self,
@@ -348,73 +254,25 @@ class TransformerDecoder(nn.Module):
         pos: Optional[Tensor],
         query_pos: Optional[Tensor],
         need_weights: bool = False,
-        self_attn_mask: Optional[Tensor] = None,
-        reference: Optional[Tensor] = None,
-        refine: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer)``; see :meth:`decode`."""
-        hs, weights, _ = self.decode(
-            tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, reference, refine
-        )
-        return hs, weights
-
-    def decode(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        memory_key_padding_mask: Optional[Tensor],
-        pos: Optional[Tensor],
-        query_pos: Optional[Tensor],
-        need_weights: bool = False,
-        self_attn_mask: Optional[Tensor] = None,
-        reference: Optional[Tensor] = None,
-        refine: Optional[Callable[[Tensor], Tensor]] = None,
-    ) -> tuple[Tensor, list[Tensor], Optional[Tensor]]:
-        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer, references [L, B, Q, 2 or 4])``.
-
-        ``reference``: the queries' reference points ``(x, y)`` in ``[0, 1]``, shared by every image
-        (``[Q, 2]``) or per image (``[B, Q, 2]``), or per-image reference *boxes* ``[B, Q, 4]``
-        (``cx, cy, w, h``; two-stage proposals); required by a conditional decoder, ignored
-        otherwise. The cross-attention looks at the ``(x, y)`` part. ``refine`` (the box head,
-        ``[B, Q, d] -> [B, Q, 4]`` logits): after each layer the reference moves to that layer's
-        predicted centre (or box), detached as in Deformable DETR's box refinement, so the next
-        layer looks there.
-        """
-        intermediate, weights, references = [], [], []
-        ref = None
-        if self.conditional:
-            if reference is None:
-                raise ValueError("a conditional decoder needs the queries' reference points")
-            if reference.dim() == 2:
-                reference = reference[None].expand(tgt.shape[0], -1, -1)
-            if reference.dim() != 3 or reference.shape[:2] != tgt.shape[:2] or reference.shape[-1] not in (2, 4):
-                raise ValueError(
-                    f"reference must be [Q, 2], [B, Q, 2] or [B, Q, 4] for B, Q = {tuple(tgt.shape[:2])}, "
-                    f"got {list(reference.shape)}"
-                )
-            ref = reference  # [B, Q, 2 or 4]
-        for i, layer in enumerate(self.layers):
-            query_sine = None
-            if ref is not None:
-                references.append(ref)
-                point_code = sine_embed_points(ref[..., :2], tgt.shape[-1])  # [B, Q, d]
-                query_sine = point_code
-                if i > 0 and self.query_scale is not None:
-                    query_sine = point_code * self.query_scale(tgt)
-            tgt, w = layer(
-                tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights, self_attn_mask, query_sine, i == 0
-            )
+        """Returns ``(hs [L, B, Q, d], cross-attention weights per layer [B, heads, Q, HW])``."""
+        intermediate, weights = [], []
+        for layer in self.layers:
+            tgt, w = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, need_weights)
             intermediate.append(self.norm(tgt))
-            if refine is not None and ref is not None:
-                moved = refine(intermediate[-1])[..., : ref.shape[-1]] + torch.logit(ref)
-                ref = moved.sigmoid().clamp(1e-4, 1 - 1e-4).detach()
-            if need_weights:
+            if need_weights and w is not None:
                 weights.append(w)
-        return torch.stack(intermediate), weights, (torch.stack(references) if references else None)
+        return torch.stack(intermediate), weights
 
 
 class Transformer(nn.Module):
-    """Encoder + decoder with DETR's conventions (see the module docstring)."""
+    """Encoder + decoder with DETR's conventions (see the module docstring).
+
+    A variant's transformer names its own ``decoder_layer`` class and returns its own stack from
+    :meth:`_make_decoder`; everything is created in the same order, so a seed gives the same weights.
+    """
+
+    decoder_layer: type = TransformerDecoderLayer
 
     def __init__(
         self,
@@ -425,22 +283,23 @@ class Transformer(nn.Module):
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
         normalize_before: bool = False,
-        position_at_input: bool = False,
-        conditional: bool = False,
     ) -> None:
         super().__init__()
         enc_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
         self.encoder = TransformerEncoder(
             enc_layer, num_encoder_layers, nn.LayerNorm(d_model) if normalize_before else None
         )
-        dec_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-        if conditional and normalize_before:
-            raise ValueError("the conditional decoder is post-norm only")
-        self.decoder = TransformerDecoder(dec_layer, num_decoder_layers, nn.LayerNorm(d_model), conditional)
+        self.decoder = self._make_decoder(
+            self.decoder_layer(d_model, nhead, dim_feedforward, dropout, normalize_before),
+            num_decoder_layers, nn.LayerNorm(d_model),
+        )
         self.d_model = d_model
         self.nhead = nhead
-        self.position_at_input = position_at_input
         self._reset_parameters()
+
+    def _make_decoder(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module) -> nn.Module:
+        """The decoder stack (a variant's transformer returns its own decoder here)."""
+        return TransformerDecoder(layer, num_layers, norm)
 
     def _reset_parameters(self) -> None:
         # as the official code: Xavier for every matrix (attention projections, FFN)
@@ -448,18 +307,24 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
+    def encode(
+        self, src: Tensor, mask: Tensor, pos_embed: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """Flatten the map and run the encoder.
+
+        ``src, pos_embed [B, d, h, w]``, ``mask [B, h, w]`` -> ``memory [B, hw, d]``,
+        ``key_padding_mask [B, hw]``, ``pos [B, hw, d]`` and the encoder's attention weights per
+        layer (``[B, heads, hw, hw]``, when asked).
+        """
+        src = src.flatten(2).transpose(1, 2)  # [B, hw, d]
+        pos = pos_embed.flatten(2).transpose(1, 2).to(src.dtype)  # [B, hw, d]
+        key_padding_mask = mask.flatten(1)  # [B, hw]
+        memory, weights = self.encoder(src, key_padding_mask, pos, need_weights)
+        return memory, key_padding_mask, pos, weights
+
     def forward(
-        self,
-        src: Tensor,
-        mask: Tensor,
-        query_embed: Tensor,
-        pos_embed: Tensor,
-        return_attention: bool = False,
-        query_mask: Optional[Tensor] = None,
-        reference: Union[None, Tensor, Callable[[Tensor, Tensor], Tensor]] = None,
-        refine: Optional[Callable[[Tensor], Tensor]] = None,
-        fine: Optional[tuple[Tensor, Tensor, Tensor]] = None,
-    ) -> dict[str, object]:
+        self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor, return_attention: bool = False
+    ) -> dict[str, Tensor]:
         """Run encoder and decoder.
 
         Args:
@@ -467,56 +332,21 @@ class Transformer(nn.Module):
             mask: padding mask ``[B, h, w]`` (True = padding).
             query_embed: object queries ``[Q, d]``.
             pos_embed: positional encoding ``[B, d, h, w]``.
-            query_mask: ``[Q, Q]``, True where query ``i`` may not attend to query ``j`` in the
-                decoder's self-attention (``None``: all queries see each other, as in DETR).
-            reference: reference points of the queries, ``[Q, 2]`` or ``[B, Q, 2]``, or boxes
-                ``[B, Q, 4]`` (conditional decoder only); or a function ``(memory [B, hw, d],
-                key_padding_mask [B, hw]) -> [B, Q, 2 or 4]`` that chooses them from the encoder's
-                output (two-stage).
-            fine: ``(src [B, d, h', w'], mask [B, h', w'], pos [B, d, h', w'])``, a finer feature
-                map that the decoder's cross-attention reads besides the encoder's memory (it does
-                not go through the encoder: attention over its many cells would cost quadratically).
-            refine: the box head, to move each layer's reference points to the previous layer's
-                box centres (conditional decoder only).
 
         Returns a dict with ``hs [L_dec, B, Q, d]``, ``memory [B, d, h, w]`` and, when asked,
-        ``enc_attn [L_enc, B, heads, hw, hw]`` and ``dec_attn [L_dec, B, heads, Q, hw]`` (with
-        ``fine``, also ``dec_attn_fine [L_dec, B, heads, Q, h'w']``: each query's attention is
-        shared between the two maps).
+        ``enc_attn [L_enc, B, heads, hw, hw]`` and ``dec_attn [L_dec, B, heads, Q, hw]``.
         """
         b, c, h, w = src.shape
-        src = src.flatten(2).transpose(1, 2)  # [B, hw, d]
-        pos = pos_embed.flatten(2).transpose(1, 2).to(src.dtype)  # [B, hw, d]
-        key_padding_mask = mask.flatten(1)  # [B, hw]
-        if self.position_at_input:
-            # also add the positions to the features once, so the memory's *values* say where each
-            # cell is (with pos in queries and keys only, only the attention pattern knows)
-            src = src + pos
+        memory, key_padding_mask, pos, enc_w = self.encode(src, mask, pos_embed, return_attention)
         query_pos = query_embed[None].expand(b, -1, -1)  # [B, Q, d]
-        tgt = torch.zeros_like(query_pos)
-        memory, enc_w = self.encoder(src, key_padding_mask, pos, return_attention)
-        if callable(reference):
-            reference = reference(memory, key_padding_mask)  # [B, Q, 2 or 4], chosen from the memory
-        dec_memory, dec_pos, dec_mask = memory, pos, key_padding_mask
-        if fine is not None:
-            fine_src, fine_mask, fine_pos = fine
-            fine_src = fine_src.flatten(2).transpose(1, 2)  # [B, h'w', d]
-            fine_pos = fine_pos.flatten(2).transpose(1, 2).to(fine_src.dtype)  # [B, h'w', d]
-            if self.position_at_input:
-                fine_src = fine_src + fine_pos
-            dec_memory = torch.cat([memory, fine_src], dim=1)  # [B, hw + h'w', d]
-            dec_pos = torch.cat([pos, fine_pos], dim=1)
-            dec_mask = torch.cat([key_padding_mask, fine_mask.flatten(1)], dim=1)
-        hs, dec_w, references = self.decoder.decode(
-            tgt, dec_memory, dec_mask, dec_pos, query_pos, return_attention, query_mask, reference, refine
-        )
-        out: dict[str, object] = {"hs": hs, "memory": memory.transpose(1, 2).reshape(b, c, h, w)}
-        if references is not None:
-            out["references"] = references  # [L_dec, B, Q, 2 or 4]: where each layer's queries looked
+        hs, dec_w = self.decoder(torch.zeros_like(query_pos), memory, key_padding_mask, pos, query_pos, return_attention)
+        out = {"hs": hs, "memory": memory.transpose(1, 2).reshape(b, c, h, w)}
         if return_attention:
-            out["enc_attn"] = torch.stack(enc_w) if enc_w else src.new_zeros((0, b, self.nhead, h * w, h * w))
-            dec_attn = torch.stack(dec_w)  # [L_dec, B, heads, Q, hw (+ h'w')]
-            out["dec_attn"] = dec_attn[..., : h * w]
-            if fine is not None:
-                out["dec_attn_fine"] = dec_attn[..., h * w :]
+            out["enc_attn"] = stack_attention(enc_w, (0, b, self.nhead, h * w, h * w), src)
+            out["dec_attn"] = torch.stack(dec_w)
         return out
+
+
+def stack_attention(weights: list[Tensor], empty_shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Per-layer weights stacked ``[L, ...]``; an empty ``[0, ...]`` tensor for zero layers."""
+    return torch.stack(weights) if weights else like.new_zeros(empty_shape)

@@ -16,13 +16,13 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
+from ..image_io import IMAGENET_MEAN, IMAGENET_STD
+
 try:  # PIL is a torchvision dependency, but keep the import soft for a clear error below
     from PIL import Image as _PILImage
 except ImportError:  # pragma: no cover - pillow is always installed with torchvision
     _PILImage = None
 
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # The palette of the official DETR notebooks, so figures look like the ones readers know.
 COLORS: Tuple[Tuple[float, float, float], ...] = (

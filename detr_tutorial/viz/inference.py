@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..families import build_postprocess
 from ..models.detr import PostProcess
 from .drawing import ImageLike, image_to_tensor, normalize
 
@@ -86,7 +87,7 @@ def run_attention(model: nn.Module, image: ImageLike,
     config = getattr(model, "config", None)
     if class_names is None:
         class_names = getattr(config, "class_names", None)
-    score_mode = "sigmoid" if getattr(config, "focal_loss", False) else "softmax"
+    postprocess = build_postprocess(config) if config is not None else PostProcess()
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
@@ -95,7 +96,7 @@ def run_attention(model: nn.Module, image: ImageLike,
             batch = normalize(pixels).unsqueeze(0).to(device)
             out = model(batch, return_attention=True)
             height, width = pixels.shape[1:]
-            dets = PostProcess(score_mode)(out, torch.tensor([[height, width]], device=device))[0]
+            dets = postprocess(out, torch.tensor([[height, width]], device=device))[0]
     finally:
         model.train(was_training)
     h, w = (int(v) for v in out["feature_shape"])
