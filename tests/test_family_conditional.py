@@ -316,3 +316,42 @@ def test_encoder_head_trains_only_and_its_terms_are_weighted():
     criterion.total(losses).backward()
     assert model.enc_bbox_embed.layers[0].weight.grad.abs().sum() > 0
     assert "enc_outputs" not in model.eval()(torch.randn(1, 3, 64, 64))
+
+
+def _flag_era_config(**flags) -> dict:
+    """A config dict as checkpoints wrote it before families existed (the shipped model's era)."""
+    d = dt.get_config("detr-tiny", num_classes=3).to_dict()
+    del d["family"]
+    d.update(query_groups=1, fine_features=False, reference_points=False, conditional_spatial_query=False)
+    d.update(flags)
+    return d
+
+
+def test_a_flag_era_config_is_translated_to_its_family():
+    old = _flag_era_config(reference_points=True, conditional_spatial_query=True, encoder_aux_loss=True,
+                           two_stage=True, box_refine=True)
+    cfg = dt.DETRConfig.from_dict(old)
+    assert cfg.family == "conditional" and cfg.two_stage and cfg.box_refine and cfg.encoder_aux_loss
+    assert dt.DETRConfig.from_dict(_flag_era_config()).family == "detr"
+
+
+def test_the_shipped_checkpoint_was_written_with_the_old_flags_and_loads_as_the_conditional_family():
+    from detr_tutorial.checkpoint import SHIPPED_MODEL
+
+    stored = torch.load(SHIPPED_MODEL, weights_only=True)["config"]
+    assert "family" not in stored and stored["conditional_spatial_query"] is True
+    assert type(dt.load_shipped_model()) is ConditionalDETR
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (dict(query_groups=2), "query_groups.*cannot be rebuilt"),
+        (dict(fine_features=True), "fine_features.*cannot be rebuilt"),
+        (dict(reference_points=True), "reference points without the conditional decoder"),
+        (dict(encoder_aux_loss=True), "belongs to family 'conditional'"),
+    ],
+)
+def test_a_flag_era_config_that_this_version_cannot_build_is_refused_with_the_reason(flags, match):
+    with pytest.raises(ValueError, match=match):
+        dt.DETRConfig.from_dict(_flag_era_config(**flags))
