@@ -10,7 +10,8 @@ from .config import PRESETS, DETRConfig, get_config
 from .criterion import SetCriterion
 from .families import FAMILIES, build_criterion, build_model, build_postprocess
 from .matcher import HungarianMatcher, build_matcher
-from .models import DETR, Backbone, PostProcess, Transformer, predict
+from .detect import predict
+from .models import DETR, Backbone, MSDeformAttn, PostProcess, Transformer, ms_deform_attn
 from .nested import NestedTensor, nested_tensor_from_tensor_list
 from .pretrained import COCO_CLASSES, convert_official_state_dict, from_official, load_official_state_dict
 
@@ -57,6 +58,8 @@ __all__ = [
     "DETR",
     "Backbone",
     "Transformer",
+    "MSDeformAttn",
+    "ms_deform_attn",
     "PostProcess",
     "predict",
     "HungarianMatcher",

@@ -336,7 +336,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from . import checkpoint as ckpt_io
     from .image_io import open_image
-    from .models import predict
+    from .detect import predict
 
     path = _existing_file(args.checkpoint, "checkpoint")
     if not 0.0 <= args.threshold <= 1.0:  # also refuses nan

@@ -17,10 +17,11 @@ __all__ = ["DETRConfig", "PRESETS", "get_config", "FAMILIES", "FAMILY_OPTIONS"]
 _BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn")
 
 #: The model families (``DETRConfig.family``), built by :mod:`detr_tutorial.families`.
-FAMILIES = ("detr", "conditional")
+FAMILIES = ("detr", "conditional", "deformable")
 
-#: The options that belong to one family, with their defaults: a config of another family must
-#: leave them at the default (``two_stage=True`` on the paper's DETR is an error, not ignored).
+#: The options of each family, with their defaults: a config of a family an option does not
+#: belong to must leave it at the default (``two_stage=True`` on the paper's DETR is an error, not
+#: ignored). An option may belong to several families (``two_stage``), with the same default.
 FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     "detr": {},
     "conditional": {
@@ -32,14 +33,21 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
         "encoder_aux_coef": 1.0,
         "encoder_aux_radius": 0.25,
     },
+    "deformable": {  # the official Deformable DETR option names
+        "num_feature_levels": 4,
+        "enc_n_points": 4,
+        "dec_n_points": 4,
+        "with_box_refine": False,
+        "two_stage": False,
+    },
 }
 
 # Field kinds for the type and range checks of DETRConfig.validate (consistency checks follow them).
 _POSITIVE_INTS = ("num_classes", "hidden_dim", "nheads", "dec_layers", "dim_feedforward", "num_queries",
-                  "backbone_stride")
+                  "backbone_stride", "num_feature_levels", "enc_n_points", "dec_n_points")
 _NON_NEGATIVE_INTS = ("enc_layers",)
 _BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "box_refine", "two_stage",
-          "encoder_aux_loss", "encoder_cell_units", "focal_loss")
+          "encoder_aux_loss", "encoder_cell_units", "focal_loss", "with_box_refine")
 _NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
                          "giou_loss_coef", "encoder_aux_coef", "focal_gamma")
 _STRINGS = ("family", "backbone", "backbone_norm", "position_embedding")
@@ -108,7 +116,7 @@ class DETRConfig:
     defaults in any other.
     """
 
-    family: str = "detr"  # "detr" (the paper's) or "conditional" (Conditional DETR, two-stage)
+    family: str = "detr"  # "detr" (the paper's), "conditional" (Conditional DETR) or "deformable"
     num_classes: int = 91
     class_names: Optional[list[str]] = None
     # backbone
@@ -133,12 +141,17 @@ class DETRConfig:
     aux_loss: bool = True
     # family options of "conditional" (FAMILY_OPTIONS): Conditional DETR's decoder is the family itself
     position_at_input: bool = False  # also add the positions to the encoder's input (the paper's Table 3)
-    two_stage: bool = False  # queries start from the dense encoder head's best boxes (needs encoder_aux_loss)
+    two_stage: bool = False  # queries start from the encoder's best boxes (conditional: needs encoder_aux_loss)
     box_refine: bool = False  # each decoder layer looks at (and offsets from) the previous layer's boxes
     encoder_aux_loss: bool = False  # the dense encoder head and its loss (training-only unless two_stage)
     encoder_cell_units: bool = False  # the dense head's box sizes are relative to its cell's (exact centres too)
     encoder_aux_coef: float = 1.0  # its weight, relative to ce/bbox/giou_loss_coef
     encoder_aux_radius: float = 0.25  # a cell is positive when its centre is within radius * box size of the object's
+    # family options of "deformable" (Deformable DETR's official option names; two_stage too)
+    num_feature_levels: int = 4  # levels: the trunk's stride 8/16/32 maps plus stride-2 convs of the last
+    enc_n_points: int = 4  # sampling points per head and level in the encoder's deformable attention
+    dec_n_points: int = 4  # ... and in the decoder's cross-attention
+    with_box_refine: bool = False  # iterative box refinement: each decoder layer refines the previous boxes
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
@@ -211,21 +224,36 @@ class DETRConfig:
         return cls(**d)
 
 
+def _option_families() -> dict[str, tuple[list[str], Any]]:
+    """Each family option -> (the families it belongs to, in :data:`FAMILY_OPTIONS` order, its default)."""
+    owners: dict[str, tuple[list[str], Any]] = {}
+    for family, options in FAMILY_OPTIONS.items():
+        for name, default in options.items():
+            owners.setdefault(name, ([], default))[0].append(family)
+    return owners
+
+
 def _check_family_options(cfg: DETRConfig) -> None:
-    """Each option belongs to one family: elsewhere it must keep its default. Then the family's
-    own rules. All family checks are here, so a wrong combination is refused when the config is
-    made, naming the option and its family."""
+    """Each option belongs to one family or a few: elsewhere it must keep its default. Then the
+    family's own rules. All family checks are here, so a wrong combination is refused when the
+    config is made, naming the option and its families."""
     if cfg.family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {cfg.family!r}")
-    for family, options in FAMILY_OPTIONS.items():
-        if family == cfg.family:
+    for name, (families, default) in _option_families().items():
+        if cfg.family in families or getattr(cfg, name) == default:
             continue
-        for name, default in options.items():
-            if getattr(cfg, name) != default:
-                raise ValueError(
-                    f"option {name}={getattr(cfg, name)!r} belongs to family {family!r}, but this config's family "
-                    f"is {cfg.family!r} (set family={family!r}, or leave {name} at {default!r})"
-                )
+        if len(families) == 1:
+            owner, choice = f"family {families[0]!r}", f"family={families[0]!r}"
+        else:
+            # "family 'a' and to family 'b'": the first family is named as for a single-family option
+            owner = " and to ".join(f"family {f!r}" for f in families)
+            choice = " or ".join(f"family={f!r}" for f in families)
+        raise ValueError(
+            f"option {name}={getattr(cfg, name)!r} belongs to {owner}, but this config's family "
+            f"is {cfg.family!r} (set {choice}, or leave {name} at {default!r})"
+        )
+    if cfg.family == "deformable":
+        _check_deformable(cfg)
     if cfg.family == "conditional":
         if cfg.pre_norm:
             raise ValueError("the conditional family's decoder is post-norm only: set pre_norm=False")
@@ -233,6 +261,23 @@ def _check_family_options(cfg: DETRConfig) -> None:
             raise ValueError("two_stage takes its reference boxes from the dense encoder head: set encoder_aux_loss=True")
         if cfg.encoder_cell_units and not cfg.encoder_aux_loss:
             raise ValueError("encoder_cell_units shapes the dense encoder head's boxes: set encoder_aux_loss=True")
+
+
+def _check_deformable(cfg: DETRConfig) -> None:
+    """What the official Deformable DETR builds: post-norm layers, sine positions, focal loss,
+    GroupNorm(32) projections, and a two-stage variant only on top of box refinement."""
+    if cfg.pre_norm:
+        raise ValueError("the deformable family's layers are post-norm only: set pre_norm=False")
+    if cfg.position_embedding != "sine":
+        raise ValueError("the deformable family uses Deformable DETR's sine positions: set position_embedding='sine'")
+    if not cfg.focal_loss:
+        raise ValueError("the deformable family's class heads are sigmoid (no 'no object' output): set focal_loss=True")
+    if cfg.hidden_dim % 32 != 0:
+        raise ValueError(f"the deformable family's input projections use GroupNorm(32, hidden_dim): "
+                         f"hidden_dim must be a multiple of 32, got {cfg.hidden_dim}")
+    if cfg.two_stage and not cfg.with_box_refine:
+        raise ValueError("two-stage Deformable DETR scores its proposals with the refinement heads "
+                         "(the official code needs both): set with_box_refine=True")
 
 
 #: Options of configs written before ``family`` existed that no longer exist, with the reason.
@@ -280,6 +325,25 @@ _R50 = DETRConfig(
     aux_loss=True,
 )
 
+#: Deformable DETR (Zhu et al., 2021) as its paper and official configs train it on COCO.
+_DEFORMABLE = _R50.replace(
+    family="deformable",
+    dim_feedforward=1024,
+    num_queries=300,
+    num_feature_levels=4,
+    enc_n_points=4,
+    dec_n_points=4,
+    set_cost_class=2.0,
+    set_cost_bbox=5.0,
+    set_cost_giou=2.0,
+    ce_loss_coef=2.0,
+    bbox_loss_coef=5.0,
+    giou_loss_coef=2.0,
+    focal_loss=True,
+    focal_alpha=0.25,
+    focal_prior_prob=0.01,
+)
+
 #: Named configurations. ``detr-r50``/``detr-r101`` (and their DC5 variants) are the paper's models;
 #: ``detr-tiny`` is small enough to train and test on a laptop CPU (it is also the fixed
 #: configuration our benchmarks compare with the official implementation).
@@ -300,6 +364,9 @@ PRESETS: dict[str, DETRConfig] = {
         dropout=0.1,
         num_queries=20,
     ),
+    "deformable-detr": _DEFORMABLE,
+    "deformable-detr-refine": _DEFORMABLE.replace(with_box_refine=True),
+    "deformable-detr-two-stage": _DEFORMABLE.replace(with_box_refine=True, two_stage=True),
 }
 
 

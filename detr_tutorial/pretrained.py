@@ -5,6 +5,12 @@ The official code nests the trunk and the position encoding in a ``Joiner`` (``b
 ``backbone``, ``position_embedding`` and ``cross_attn``; everything else has the same name and
 layout. Converting is therefore a pure renaming: no tensor is changed, none is dropped, and any
 key that does not fit is reported instead of being ignored.
+
+Official Deformable DETR checkpoints (fundamentalvision/Deformable-DETR) load the same way into a
+model of the ``"deformable"`` family: only the trunk prefix differs (``backbone.0.body.``); the
+duplicated head keys of its box-refinement and two-stage variants
+(``transformer.decoder.bbox_embed.*``, ``transformer.decoder.class_embed.*``) are the same
+modules here, so they load as they are.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .families import build_model
+from .families.deformable import DeformableDETR
 from .models.detr import DETR
 
 __all__ = [
@@ -26,16 +33,24 @@ __all__ = [
     "load_official_state_dict",
     "from_official",
     "infer_official_preset",
+    "infer_official_deformable_preset",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Download addresses of the official COCO detection checkpoints (from the official README).
+_DRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+
+#: Download addresses of the official COCO detection checkpoints (from the official READMEs).
 OFFICIAL_URLS: dict[str, str] = {
     "detr-r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
     "detr-r50-dc5": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth",
     "detr-r101": "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth",
     "detr-r101-dc5": "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth",
+    # Deformable DETR's README links Google Drive files (r50_deformable_detr, + iterative bounding box
+    # refinement, ++ two-stage); this address downloads them directly (no virus-scan page)
+    "deformable-detr": _DRIVE.format("1nDWZWHuRwtwGden77NLM9JoWe-YisJnA"),
+    "deformable-detr-refine": _DRIVE.format("1JYKyRYzUH7uo9eVfDaVCiaIGZb5YTCuI"),
+    "deformable-detr-two-stage": _DRIVE.format("15I03A7hNTpwuLNdfuEmW9_taZMNVssEp"),
 }
 
 #: The 91 COCO category ids as the official models index them ("N/A": ids unused by COCO 2017).
@@ -141,8 +156,12 @@ def load_official_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> No
     """Load an official DETR state dict into ``model`` (in place), strictly.
 
     Missing keys, leftover keys and shape mismatches are all errors; the message names the preset
-    (or the ``build_model`` call) whose architecture fits the checkpoint.
+    (or the ``build_model`` call) whose architecture fits the checkpoint. A model of the
+    ``"deformable"`` family reads fundamentalvision/Deformable-DETR checkpoints instead.
     """
+    if isinstance(model, DeformableDETR):
+        _load_deformable(model, state_dict)
+        return
     converted = convert_official_state_dict(state_dict)
     own = model.state_dict()
     missing = sorted(set(own) - set(converted))
@@ -172,6 +191,92 @@ def load_official_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> No
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
 
 
+_DEFORMABLE_PREFIXES = ("input_proj.", "transformer.", "query_embed.", "class_embed.", "bbox_embed.")
+
+
+def convert_official_deformable_state_dict(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    """Rename an official Deformable DETR state dict (or checkpoint) to our keys: the trunk only.
+
+    Raises ``ValueError`` listing the keys that belong to no part of Deformable DETR.
+    """
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in _unwrap(state_dict).items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("backbone.0.body."):
+            out["backbone.body." + key[len("backbone.0.body."):]] = value
+        elif key.startswith(_DEFORMABLE_PREFIXES):
+            out[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} key(s) of the checkpoint are not part of a Deformable DETR model: {unknown[:10]}"
+            + (" ..." if len(unknown) > 10 else "")
+        )
+    return out
+
+
+def infer_official_deformable_preset(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The variant and sizes of an official (or converted) Deformable DETR state dict.
+
+    ``preset`` is ``deformable-detr``, ``-refine`` or ``-two-stage``: two-stage checkpoints hold
+    ``transformer.enc_output``, refinement ones separate per-layer heads
+    (``transformer.decoder.bbox_embed``).
+    """
+    sd = {k.replace("backbone.0.body.", "backbone.body."): v for k, v in _unwrap(state_dict).items()}
+    two_stage = "transformer.enc_output.weight" in sd
+    refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in sd)
+    enc = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.encoder\.layers\.(\d+)\.", k))}
+    dec = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.decoder\.layers\.(\d+)\.", k))}
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
+    bottleneck = any(".conv3." in k for k in sd if k.startswith("backbone.body.layer1."))
+    info: dict[str, Any] = {
+        "preset": "deformable-detr" + ("-two-stage" if two_stage else "-refine" if refine else ""),
+        "with_box_refine": refine,
+        "two_stage": two_stage,
+        "backbone": {(6, True): "resnet50", (23, True): "resnet101", (6, False): "resnet34", (2, False): "resnet18"}.get(
+            (len(blocks), bottleneck)
+        ),
+        "num_classes": int(sd["class_embed.0.weight"].shape[0]) if "class_embed.0.weight" in sd else None,
+        "hidden_dim": int(sd["transformer.level_embed"].shape[1]) if "transformer.level_embed" in sd else None,
+        "num_feature_levels": int(sd["transformer.level_embed"].shape[0]) if "transformer.level_embed" in sd else None,
+        "enc_layers": len(enc),
+        "dec_layers": len(dec),
+    }
+    if "query_embed.weight" in sd:
+        info["num_queries"] = int(sd["query_embed.weight"].shape[0])
+    return info
+
+
+def _load_deformable(model: DeformableDETR, state_dict: dict[str, Any]) -> None:
+    """:func:`load_official_state_dict` for the deformable family (strict; errors name the variant)."""
+    converted = convert_official_deformable_state_dict(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(converted))
+    unexpected = sorted(set(converted) - set(own))
+    mismatched = sorted(k for k in set(own) & set(converted) if tuple(own[k].shape) != tuple(converted[k].shape))
+    if missing or unexpected or mismatched:
+        info = infer_official_deformable_preset(converted)
+        details = []
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint "
+                           f"{list(converted[k].shape)} vs model {list(own[k].shape)}")
+        if missing:
+            details.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} key(s) the model does not have, e.g. {unexpected[:3]}")
+        sizes = ", ".join(f"{k}={v!r}" for k, v in info.items() if k not in ("preset", "with_box_refine", "two_stage"))
+        raise ValueError(
+            "checkpoint does not fit this model: " + "; ".join(details)
+            + f". It is an official {info['preset']!r} checkpoint (with_box_refine={info['with_box_refine']}, "
+            f"two_stage={info['two_stage']}): build it with dt.build_model({info['preset']!r}, {sizes})."
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
+
+
 def from_official(
     name: str = "detr-r50",
     checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -196,6 +301,10 @@ def from_official(
             raise CheckpointError(
                 f"official checkpoint {os.fspath(checkpoint)} holds a {type(state).__name__}, expected a dict"
             )
+    elif name.startswith("deformable"):  # Drive addresses carry no file name nor hash
+        state = torch.hub.load_state_dict_from_url(
+            OFFICIAL_URLS[name], map_location=map_location, progress=progress, file_name=f"{name}-official.pth"
+        )
     else:
         state = torch.hub.load_state_dict_from_url(
             OFFICIAL_URLS[name], map_location=map_location, progress=progress, check_hash=True

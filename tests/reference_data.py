@@ -24,6 +24,17 @@ CHECKS = {
     "official_detr.pth": "loading an official facebookresearch/detr checkpoint and reproducing its outputs",
     "official_r50_keys.json": "the state-dict keys, shapes and parameter counts of the official "
                               "DETR-R50/R101/R50-DC5",
+    "deformable/msda_core.pt": "multi-scale deformable attention against the official "
+                               "ms_deform_attn_core_pytorch (output and the three gradients)",
+    "deformable/msda_module_init.pth": "MSDeformAttn's initialization against the official module's",
+    "deformable/msda_module_perturbed.pth": "MSDeformAttn with the official module's weights",
+    "deformable/msda_module_io.pt": "MSDeformAttn's outputs and sampling against the official module's",
+    "deformable/deformable_detr_models.pth": "loading official Deformable DETR checkpoints (plain, box "
+                                             "refinement, two-stage)",
+    "deformable/deformable_detr_io.pt": "the official Deformable DETR's outputs, intermediates and "
+                                        "matcher costs on two padded images",
+    "deformable/reference.json": "the official Deformable DETR's matcher indices, loss terms and "
+                                 "post-processed detections",
 }
 
 #: the configuration the reference checkpoint was written with (see its README)

@@ -16,7 +16,9 @@ Chromium is Debian's (``/usr/bin/chromium``, installed by ``make install``), nev
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 import booktoc
@@ -240,4 +243,135 @@ def test_page_renders_offline(server, browser, page_info):
     problems += [f"failed request: {r}" for r in log["failed"]]
     problems += [f"page error: {e}" for e in log["errors"] if e not in KNOWN_PAGE_ERRORS]
 
+    assert not problems, f"{url}:\n" + "\n".join(problems)
+
+
+# -- the static twins of the attention explorers (detr_tutorial/viz/static_explorers.py) --------
+TWIN_KINDS = ("encoder", "decoder", "matching")
+TWIN_PAGES = [p for p in PAGES if p.source is not None and p.source.suffix == ".ipynb"
+              and "detr-explorer-status" in p.source.read_text(encoding="utf-8")]
+# Non-transparent pixels and distinct colors of a canvas (every 7th pixel), and its pixels as a
+# PNG data URL (compared as strings: equal URLs mean equal pictures).
+CANVAS_STATE = """c => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let painted = 0; const colors = new Set();
+    for (let i = 0; i < d.length; i += 28) {
+        if (d[i + 3] > 0) { painted++; colors.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]); }
+    }
+    return {painted, colors: colors.size, url: c.toDataURL()};
+}"""
+
+
+def test_both_editions_have_pages_with_static_explorers():
+    assert {p.lang for p in TWIN_PAGES} == {"en", "ko"}, [p.slug for p in TWIN_PAGES]
+
+
+def _twin(page, kind):
+    block = page.locator(f'.detr-explorer[data-kind="{kind}"]').first
+    data = json.loads(block.locator("script.detr-explorer-data").text_content())
+    return block, block.locator("canvas"), data
+
+
+def _status(block) -> str:
+    return block.locator(".detr-explorer-status").text_content()
+
+
+def _click_image_point(canvas, data, x, y):
+    """Click pixel (x, y) of the image in the twin's left panel (canvas pixels -> CSS pixels)."""
+    panel = json.loads(canvas.get_attribute("data-panels"))[0]
+    size = canvas.evaluate("c => [c.width, c.getBoundingClientRect().width]")
+    scale = size[1] / size[0]
+    height, width = data["image_size"]
+    canvas.click(position={"x": (panel["x"] + (x + 0.5) * panel["w"] / width) * scale,
+                           "y": (panel["y"] + (y + 0.5) * panel["h"] / height) * scale})
+
+
+def _check_encoder(page, problems):
+    block, canvas, data = _twin(page, "encoder")
+    (height, width), (h, w) = data["image_size"], data["feature_shape"]
+    pictures = []
+    for x, y in ((width // 10, height // 10), (width * 8 // 10, height * 7 // 10)):
+        _click_image_point(canvas, data, x, y)
+        cell = f"({min(y * h // height, h - 1)}, {min(x * w // width, w - 1)})"
+        if cell not in _status(block):
+            problems.append(f"encoder: after a click at ({x}, {y}) the status does not name cell "
+                            f"{cell}: {_status(block)!r}")
+        pictures.append(canvas.evaluate(CANVAS_STATE)["url"])
+    if pictures[0] == pictures[1]:
+        problems.append("encoder: clicks at two different points drew the same picture")
+
+
+def _check_decoder(page, problems):
+    block, canvas, data = _twin(page, "decoder")
+    if len(data["detections"]) < 2:
+        problems.append(f"decoder: {len(data['detections'])} detections, need two to compare")
+        return
+    before = canvas.evaluate(CANVAS_STATE)["url"]
+    block.locator('select[data-role="detection"]').select_option("1")
+    label = data["detections"][1]["label"]
+    if canvas.evaluate(CANVAS_STATE)["url"] == before:
+        problems.append("decoder: choosing another detection did not change the picture")
+    if label not in _status(block):
+        problems.append(f"decoder: the status does not name {label!r}: {_status(block)!r}")
+
+
+def _assignment_change(data, start):
+    """A (slider, value) that changes the precomputed assignment from the one at ``start``."""
+    size = len(data["grid"])
+    ids = np.frombuffer(base64.b64decode(data["assignment_ids"]), dtype="<u2").reshape((size,) * 3)
+    for axis in range(3):
+        for value in range(size):
+            moved = list(start)
+            moved[axis] = value
+            if ids[tuple(moved)] != ids[tuple(start)] and ids[tuple(moved)] != 65535:
+                return axis, value, int(ids[tuple(moved)])
+    return None
+
+
+def _check_matching(page, problems):
+    block, canvas, data = _twin(page, "matching")
+    names = ("cost_class", "cost_bbox", "cost_giou")
+    start = [int(block.locator(f'input[data-role="{n}"]').input_value()) for n in names]
+    change = _assignment_change(data, start)
+    if change is None:
+        problems.append("matching: no slider move changes the assignment in the stored grid")
+        return
+    axis, value, new_id = change
+    before = canvas.evaluate(CANVAS_STATE)["url"]
+    block.locator(f'input[data-role="{names[axis]}"]').fill(str(value))
+    rows, cols = data["assignments"][new_id]
+    expected = ",".join(f"q{q}\u2192gt{j}" for q, j in zip(rows, cols))
+    if block.get_attribute("data-assignment") != expected:
+        problems.append(f"matching: after {names[axis]} = {data['grid'][value]:g} the drawn "
+                        f"assignment is {block.get_attribute('data-assignment')!r}, "
+                        f"precomputed {expected!r}")
+    if canvas.evaluate(CANVAS_STATE)["url"] == before:
+        problems.append("matching: a slider move that changes the assignment left the picture")
+
+
+@pytest.mark.parametrize("page_info", TWIN_PAGES, ids=[p.slug for p in TWIN_PAGES])
+def test_static_explorers_redraw_without_a_kernel(server, browser, page_info):
+    url = f"{server}/{page_info.docname}.html"
+    problems: list[str] = []
+    with _recording(browser) as (page, log):
+        response = page.goto(url, wait_until="load", timeout=TIMEOUT_MS)
+        assert response is not None and response.ok, f"{url}: {response and response.status}"
+        with _waiting(problems):
+            page.wait_for_function(
+                "() => { const b = document.querySelectorAll('.detr-explorer');"
+                " return b.length > 0 && [...b].every(e => e.dataset.ready === 'true'); }",
+                timeout=TIMEOUT_MS)
+        kinds = page.eval_on_selector_all(".detr-explorer", "els => els.map(e => e.dataset.kind)")
+        problems += [f"no {kind} twin on the page" for kind in TWIN_KINDS if kind not in kinds]
+        for kind in set(kinds) & set(TWIN_KINDS):
+            state = page.locator(f'.detr-explorer[data-kind="{kind}"] canvas').first.evaluate(CANVAS_STATE)
+            if state["painted"] < 1000 or state["colors"] < 20:
+                problems.append(f"{kind}: the canvas is blank ({state['painted']} painted "
+                                f"samples, {state['colors']} colors)")
+        if not problems:
+            for check in (_check_encoder, _check_decoder, _check_matching):
+                check(page, problems)
+        page.screenshot(path=str(SCREENSHOTS / f"{page_info.slug}_twins.png"), full_page=True)
+    problems += [f"request left 127.0.0.1: {u}" for u in log["requests"] if not _is_local(u)]
+    problems += [f"page error: {e}" for e in log["errors"] if e not in KNOWN_PAGE_ERRORS]
     assert not problems, f"{url}:\n" + "\n".join(problems)

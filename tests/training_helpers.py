@@ -55,6 +55,17 @@ def default_recipe_model(**overrides: Any) -> dict[str, Any]:
     return model
 
 
+def deformable_model(**overrides: Any) -> dict[str, Any]:
+    """A tiny Deformable DETR (frozen-BN ResNet-18 trunk, two-stage proposals with box refinement):
+    every part of the family in milliseconds a step. Three levels (8x8, 4x4, 2x2 on 64 px images):
+    a fourth, extra level would be 1x1, where GroupNorm normalizes one value per group and its
+    input convolution gets only rounding noise as gradient (which Adam turns into lr-sized steps)."""
+    model = dict(TINY_MODEL, family="deformable", focal_loss=True, with_box_refine=True, two_stage=True,
+                 num_feature_levels=3, enc_n_points=2, dec_n_points=2)
+    model.update(overrides)
+    return model
+
+
 class TinyBoxes(Dataset):
     """``n`` random 64x64 images, two boxes each; train split augments with noise and flips.
 
@@ -134,12 +145,13 @@ def _main() -> None:
     p.add_argument("--hang-at", type=int, default=0, help="stop making progress after this step")
     p.add_argument("--resume")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--model", choices=["tiny", "default"], default="tiny",
-                   help="default: the default recipe's model family (default_recipe_model)")
+    p.add_argument("--model", choices=["tiny", "default", "deformable"], default="tiny",
+                   help="default: the default recipe's model family (default_recipe_model); "
+                        "deformable: a tiny Deformable DETR (deformable_model)")
     p.add_argument("--dec-layers", type=int)
     a = p.parse_args()
     torch.set_num_threads(1)
-    model = default_recipe_model() if a.model == "default" else {}
+    model = {"tiny": dict, "default": default_recipe_model, "deformable": deformable_model}[a.model]()
     model["dropout"] = a.dropout
     if a.dec_layers is not None:
         model["dec_layers"] = a.dec_layers

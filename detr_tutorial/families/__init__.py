@@ -4,7 +4,10 @@
 
 - ``"detr"``: the paper's DETR (:mod:`detr_tutorial.models`, nothing added);
 - ``"conditional"``: Conditional DETR's decoder with a dense encoder head, two-stage queries and
-  box refinement (:mod:`detr_tutorial.families.conditional`), the book's fast CPU model.
+  box refinement (:mod:`detr_tutorial.families.conditional`), the book's fast CPU model;
+- ``"deformable"``: Deformable DETR, multi-scale deformable attention, box refinement and the
+  two-stage variant, equal to the official code (:mod:`detr_tutorial.families.deformable`, its
+  loss and post-processing in :mod:`detr_tutorial.families.deformable_loss`).
 
 A family module subclasses or composes the vanilla parts of :mod:`detr_tutorial.models`; those
 never import a family. This package sits above ``models``, ``matcher`` and ``criterion`` (it wires
@@ -22,7 +25,7 @@ from .. import criterion as _paper_criterion
 from ..config import DETRConfig, get_config
 from ..criterion import SetCriterion
 from ..models.detr import PostProcess, build_detr
-from . import conditional
+from . import conditional, deformable, deformable_loss
 
 __all__ = ["Family", "FAMILIES", "get_family", "build_model", "build_criterion", "build_postprocess"]
 
@@ -47,6 +50,8 @@ FAMILIES: dict[str, Family] = {
                    _paper_criterion.build_criterion, _postprocess),
     "conditional": Family("conditional", "Conditional DETR's decoder, dense encoder head, two-stage queries",
                           conditional.build_model, conditional.build_criterion, _postprocess),
+    "deformable": Family("deformable", "Deformable DETR (Zhu et al., 2021), as the official code",
+                         deformable.build_model, deformable_loss.build_criterion, deformable_loss.build_postprocess),
 }
 
 

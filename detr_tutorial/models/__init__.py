@@ -4,7 +4,8 @@ The model families built on them (and ``build_model``, which dispatches on a con
 are in :mod:`detr_tutorial.families`.
 """
 from .backbone import Backbone, FrozenBatchNorm2d, SmallCNN, build_backbone
-from .detr import DETR, MLP, PostProcess, build_detr, predict
+from .detr import DETR, MLP, PostProcess, build_detr
+from .ms_deform_attn import MSDeformAttn, ms_deform_attn
 from .position_encoding import (
     PositionEmbeddingLearned,
     PositionEmbeddingSine,
@@ -29,7 +30,8 @@ __all__ = [
     "MLP",
     "PostProcess",
     "build_detr",
-    "predict",
+    "MSDeformAttn",
+    "ms_deform_attn",
     "PositionEmbeddingSine",
     "PositionEmbeddingLearned",
     "build_position_encoding",

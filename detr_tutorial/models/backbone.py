@@ -33,6 +33,8 @@ _CHANNELS = {
     "resnet50": (1024, 2048),
     "resnet101": (1024, 2048),
 }
+# output channels of layer2 (the stride-8 stage that multi-scale models also read)
+_LAYER2_CHANNELS = {"resnet18": 128, "resnet34": 128, "resnet50": 512, "resnet101": 512}
 _IMAGENET_WEIGHTS = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
     "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
@@ -117,6 +119,10 @@ class Backbone(nn.Module):
         self.body = IntermediateLayerGetter(body, return_layers=return_layers)
         self.num_channels = _CHANNELS[name][1 if last == "layer4" else 0]
         self.stride = 16 if (dilation or stride == 16) else 32
+        # what :meth:`stages` returns: layer2, layer3 (and layer4), as Deformable DETR reads them
+        num_stages = 3 if last == "layer4" else 2
+        self.stage_channels = [_LAYER2_CHANNELS[name], *_CHANNELS[name]][:num_stages]
+        self.stage_strides = [8, 16, 16 if dilation else 32][:num_stages]
 
     def forward(self, images: Tensor, mask: Tensor) -> List[Tensor]:
         """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``[features [B, C, h, w], mask [B, h, w]]``.
@@ -125,6 +131,21 @@ class Backbone(nn.Module):
         official repository's tests do)."""
         features = self.body(images)["0"]  # [B, C, H/stride, W/stride]
         return [features, mask_to_feature_size(mask, features.shape[-2:])]
+
+    def stages(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The maps of ``layer2``, ``layer3`` (and ``layer4``) with their masks, finest first.
+
+        ``[(features [B, C_l, H/s_l, W/s_l], mask [B, H/s_l, W/s_l]), ...]`` with ``C_l`` in
+        ``stage_channels`` and ``s_l`` in ``stage_strides`` (8, 16, 32; 8, 16, 16 with dilation).
+        Multi-scale models (Deformable DETR) read these; :meth:`forward` is unchanged.
+        """
+        out = []
+        x = images
+        for name, module in self.body.items():
+            x = module(x)
+            if name in ("layer2", "layer3", "layer4"):
+                out.append((x, mask_to_feature_size(mask, x.shape[-2:])))
+        return out
 
 
 class SmallCNN(nn.Module):
@@ -167,6 +188,8 @@ class SmallCNN(nn.Module):
         self.body = nn.Sequential(*layers)
         self.num_channels = w[num_stages]
         self.stride = stride
+        self.stage_channels = list(w[2 : num_stages + 1])  # what :meth:`stages` returns: strides 8 (and 16)
+        self.stage_strides = [8, 16][: num_stages - 1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -175,6 +198,18 @@ class SmallCNN(nn.Module):
         """``images [B, 3, H, W]``, ``mask [B, H, W]`` -> ``features [B, C, h, w]``, ``mask [B, h, w]``."""
         features = self.body(images)  # [B, C, H/stride, W/stride]
         return features, mask_to_feature_size(mask, features.shape[-2:])
+
+    def stages(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The maps of the stride-8 stage (and the stride-16 one) with their masks, finest first:
+        ``[(features [B, C_l, H/s_l, W/s_l], mask [B, H/s_l, W/s_l]), ...]`` (``stage_channels``,
+        ``stage_strides``), for multi-scale models."""
+        out = []
+        x = images
+        for i, module in enumerate(self.body):
+            x = module(x)
+            if i >= 4:  # 0-2: the stem, 3: stage1 (stride 4), 4: stage2 (stride 8), 5: stage3 (stride 16)
+                out.append((x, mask_to_feature_size(mask, x.shape[-2:])))
+        return out
 
 
 def build_backbone(

@@ -24,6 +24,10 @@ from .drawing import (IMAGENET_MEAN, IMAGENET_STD, attention_to_image, denormali
 from .encoder import EncoderAttentionExplorer, encoder_attention_figure, encoder_attention_map
 from .inference import AttentionInference, run_attention
 from .matching import MatchingExplorer, MatchingProblem, matching_figure
+from .static_explorers import (ExplorerHTML, book_language, decoder_map_from_payload,
+                               encoder_map_from_payload, matching_assignment_from_payload,
+                               pack_decoder, pack_encoder, pack_matching, static_decoder_explorer,
+                               static_encoder_explorer, static_matching_explorer)
 from .widget_base import figure_to_png, try_explorer
 
 __all__ = [
@@ -33,4 +37,7 @@ __all__ = [
     "draw_boxes", "encoder_attention_figure", "encoder_attention_map", "figure_to_png",
     "image_to_tensor", "matching_figure", "normalize", "overlay_attention",
     "plot_decoder_attention_grid", "run_attention", "to_display_image", "try_explorer",
+    "ExplorerHTML", "book_language", "decoder_map_from_payload", "encoder_map_from_payload",
+    "matching_assignment_from_payload", "pack_decoder", "pack_encoder", "pack_matching",
+    "static_decoder_explorer", "static_encoder_explorer", "static_matching_explorer",
 ]
