@@ -56,29 +56,38 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     assert diff < 1e-6, f"DDP and single-process parameters differ by {diff}"
 
 
-def test_default_recipe_under_two_gloo_processes_matches_one_process(tmp_path):
-    """The default recipe's trunk trains its BatchNorm: each process must normalize with the
-    statistics of the whole global batch (synchronized BatchNorm), or two processes x 2 images
-    train another model than one process x 4 (without it: step-1 loss 25.126 against 25.112,
-    running statistics apart by 0.06, weights by 4e-4 after 3 steps)."""
+def _single_and_ddp(tmp_path: Path, model: str) -> tuple[list[float], list[float], dict, dict]:
+    """3 steps on 1 process x 4 images and on 2 gloo processes x 2: losses and final weights."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, str(HELPER), str(single), "--steps", "3", "--batch-size", "4", "--model", "default"])
+    _run([sys.executable, str(HELPER), str(single), "--steps", "3", "--batch-size", "4", "--model", model])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          str(HELPER), str(ddp), "--steps", "3", "--batch-size", "2", "--model", "default"])
+          str(HELPER), str(ddp), "--steps", "3", "--batch-size", "2", "--model", model])
     losses_single, losses_ddp = _losses(single), _losses(ddp)
     assert len(losses_single) == len(losses_ddp) == 3
     for a_loss, b_loss in zip(losses_single, losses_ddp):
         assert abs(a_loss - b_loss) <= 1e-5 * abs(a_loss), (losses_single, losses_ddp)
     a = torch.load(single / "params.pt", weights_only=True)["model"]
     b = torch.load(ddp / "params.pt", weights_only=True)["model"]
+    return losses_single, losses_ddp, a, b
+
+
+def _largest_change(a: dict, b: dict, keys: list[str]) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in keys)
+
+
+def test_default_recipe_under_two_gloo_processes_matches_one_process(tmp_path):
+    """The default recipe's trunk trains its BatchNorm: each process must normalize with the
+    statistics of the whole global batch (synchronized BatchNorm), or two processes x 2 images
+    train another model than one process x 4 (without it: step-1 loss 25.126 against 25.112,
+    running statistics apart by 0.06, weights by 4e-4 after 3 steps)."""
+    _, _, a, b = _single_and_ddp(tmp_path, "default")
     init = _initial_params(default_recipe_model())
     floats = [k for k in init if init[k].is_floating_point()]
     stats = [k for k in floats if "running_" in k]
     assert stats, "the default recipe's model has no BatchNorm: this test checks nothing"
     params = [k for k in floats if k not in stats]
-    moved = max((a[k].float() - init[k].float()).abs().max().item() for k in params)
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in params)
-    stats_diff = max((a[k].float() - b[k].float()).abs().max().item() for k in stats)
+    moved, diff = _largest_change(a, init, params), _largest_change(a, b, params)
+    stats_diff = _largest_change(a, b, stats)
     assert stats_diff < 1e-4, f"BatchNorm running statistics differ by {stats_diff}"
     # Adam's first steps divide each gradient by its own size, so float rounding in gradients near
     # zero moves a weight by a visible fraction of lr (measured: 1.5e-5 with lr 1e-4, 4e-4 unsynchronized)
@@ -88,21 +97,11 @@ def test_default_recipe_under_two_gloo_processes_matches_one_process(tmp_path):
 def test_deformable_detr_under_two_gloo_processes_matches_one_process(tmp_path):
     """The Deformable DETR family (multi-scale deformable attention, two-stage proposals, box
     refinement, its own loss) trains the same model on 2 processes x 2 images as on 1 x 4."""
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, str(HELPER), str(single), "--steps", "3", "--batch-size", "4", "--model", "deformable"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          str(HELPER), str(ddp), "--steps", "3", "--batch-size", "2", "--model", "deformable"])
-    losses_single, losses_ddp = _losses(single), _losses(ddp)
-    assert len(losses_single) == len(losses_ddp) == 3
-    for a_loss, b_loss in zip(losses_single, losses_ddp):
-        assert abs(a_loss - b_loss) <= 1e-5 * abs(a_loss), (losses_single, losses_ddp)
-    a = torch.load(single / "params.pt", weights_only=True)["model"]
-    b = torch.load(ddp / "params.pt", weights_only=True)["model"]
+    _, _, a, b = _single_and_ddp(tmp_path, "deformable")
     init = _initial_params(deformable_model())
     assert any("sampling_offsets" in k for k in init), "not a deformable model: this test checks nothing"
     floats = [k for k in init if init[k].is_floating_point()]
-    moved = max((a[k].float() - init[k].float()).abs().max().item() for k in floats)
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in floats)
+    moved, diff = _largest_change(a, init, floats), _largest_change(a, b, floats)
     # measured: weights moved by 2.1e-4 in 3 steps, the two runs 8e-7 apart (float rounding)
     assert moved > 1e-4
     assert diff < 0.01 * moved, f"DDP and single-process parameters differ by {diff} (moved {moved})"

@@ -261,7 +261,7 @@ def test_two_stage_without_box_refinement_is_refused():
 
 # -- it learns -------------------------------------------------------------------------------------------
 def test_tiny_deformable_detr_overfits_two_images():
-    from test_overfit import _two_images
+    from training_helpers import overfit_two_images
 
     torch.manual_seed(0)
     model = dt.build_model(
@@ -269,18 +269,7 @@ def test_tiny_deformable_detr_overfits_two_images():
         hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5, dropout=0.0,
         num_feature_levels=3, pretrained_backbone=False,
     )
-    criterion = dt.build_criterion(model.config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    images, targets = _two_images()
-    history = []
-    for _ in range(100):
-        total = criterion.total(criterion(model(images), targets))
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        optimizer.step()
-        history.append(total.item())
-    first, last = history[0], min(history[-5:])
+    first, last = overfit_two_images(model, steps=100, lr=1e-3)
     assert last <= 0.2 * first, f"loss went from {first:.3f} to {last:.3f}"
 
 

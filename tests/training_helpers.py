@@ -66,6 +66,38 @@ def deformable_model(**overrides: Any) -> dict[str, Any]:
     return model
 
 
+def two_images() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Two 64x64 images holding one and two coloured boxes, and their targets."""
+    images = torch.zeros(2, 3, 64, 64)
+    images[0, 0, 8:24, 10:40] = 2.0  # a red-ish rectangle
+    images[1, 1, 30:60, 20:44] = 2.0  # a green-ish one
+    images[1, 2, 4:20, 4:20] = 2.0  # and a blue square
+    targets = [
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[25 / 64, 16 / 64, 30 / 64, 16 / 64]])},
+        {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[32 / 64, 45 / 64, 24 / 64, 30 / 64], [12 / 64, 12 / 64, 16 / 64, 16 / 64]])},
+    ]
+    return images, targets
+
+
+def overfit_two_images(model: torch.nn.Module, steps: int, lr: float) -> tuple[float, float]:
+    """Train ``model`` on :func:`two_images` alone (its family's loss, AdamW, clipping 0.1);
+    returns the first loss and the least of the last five."""
+    import detr_tutorial as dt
+
+    criterion = dt.build_criterion(model.config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    images, targets = two_images()
+    history = []
+    for _ in range(steps):
+        total = criterion.total(criterion(model(images), targets))
+        optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        history.append(total.item())
+    return history[0], min(history[-5:])
+
+
 class TinyBoxes(Dataset):
     """``n`` random 64x64 images, two boxes each; train split augments with noise and flips.
 

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import DETRConfig
-from ..models.backbone import build_backbone
-from ..models.detr import DETR, MLP, finish_model, full_precision
+from ..models.detr import DETR, MLP, build_trunk, finish_model, full_precision
 from ..models.position_encoding import PositionEmbeddingSine
 from ..nested import NestedTensor, to_nested
 from .deformable_transformer import DeformableTransformer, inverse_sigmoid
@@ -227,15 +226,7 @@ class DeformableDETR(DETR):
 
 def build_model(cfg: DETRConfig) -> DeformableDETR:
     """The deformable family's model for a config (what the official ``build()`` makes)."""
-    backbone = build_backbone(
-        cfg.backbone,
-        weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
-        norm=cfg.backbone_norm,
-        train_backbone=cfg.train_backbone,
-        freeze_stem=cfg.freeze_stem,
-        dilation=cfg.dilation,
-        stride=cfg.backbone_stride,
-    )
+    backbone = build_trunk(cfg)
     transformer = DeformableTransformer(
         d_model=cfg.hidden_dim,
         nhead=cfg.nheads,

@@ -23,7 +23,7 @@ from .backbone import build_backbone
 from .position_encoding import build_position_encoding
 from .transformer import Transformer
 
-__all__ = ["DETR", "MLP", "PostProcess", "build_detr", "build_parts", "finish_model", "full_precision"]
+__all__ = ["DETR", "MLP", "PostProcess", "build_detr", "build_parts", "build_trunk", "finish_model", "full_precision"]
 
 
 class MLP(nn.Module):
@@ -220,15 +220,7 @@ def build_detr(cfg: DETRConfig) -> DETR:
 def build_parts(cfg: DETRConfig, transformer_class: type = Transformer) -> tuple[nn.Module, nn.Module, Transformer]:
     """The trunk, the position encoding and the transformer a config describes, created in the
     official order (trunk, transformer, encoding: a seed gives the same weights in every family)."""
-    backbone = build_backbone(
-        cfg.backbone,
-        weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
-        norm=cfg.backbone_norm,
-        train_backbone=cfg.train_backbone,
-        freeze_stem=cfg.freeze_stem,
-        dilation=cfg.dilation,
-        stride=cfg.backbone_stride,
-    )
+    backbone = build_trunk(cfg)
     transformer = transformer_class(
         d_model=cfg.hidden_dim,
         nhead=cfg.nheads,
@@ -239,6 +231,19 @@ def build_parts(cfg: DETRConfig, transformer_class: type = Transformer) -> tuple
         normalize_before=cfg.pre_norm,
     )
     return backbone, build_position_encoding(cfg.position_embedding, cfg.hidden_dim), transformer
+
+
+def build_trunk(cfg: DETRConfig) -> nn.Module:
+    """The CNN trunk a config names (:func:`~detr_tutorial.models.backbone.build_backbone`)."""
+    return build_backbone(
+        cfg.backbone,
+        weights=None if cfg.pretrained_backbone is False else cfg.pretrained_backbone,
+        norm=cfg.backbone_norm,
+        train_backbone=cfg.train_backbone,
+        freeze_stem=cfg.freeze_stem,
+        dilation=cfg.dilation,
+        stride=cfg.backbone_stride,
+    )
 
 
 def finish_model(model: DETR, cfg: DETRConfig) -> DETR:
