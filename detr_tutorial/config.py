@@ -14,10 +14,11 @@ from typing import Any, Optional, Union
 
 __all__ = ["DETRConfig", "PRESETS", "get_config", "FAMILIES", "FAMILY_OPTIONS"]
 
-_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn")
+_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "smallcnn",
+              "presnet18", "presnet34", "presnet50", "presnet101")  # presnet*: the rtdetr family's ResNet-vd
 
 #: The model families (``DETRConfig.family``), built by :mod:`detr_tutorial.families`.
-FAMILIES = ("detr", "conditional", "deformable")
+FAMILIES = ("detr", "conditional", "deformable", "rtdetr")
 
 #: The options of each family, with their defaults: a config of a family an option does not
 #: belong to must leave it at the default (``two_stage=True`` on the paper's DETR is an error, not
@@ -40,16 +41,33 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
         "with_box_refine": False,
         "two_stage": False,
     },
+    "rtdetr": {  # the official RT-DETR option names (HybridEncoder / RTDETRTransformer / postprocessor)
+        "enc_nheads": 8,
+        "enc_dim_feedforward": 1024,
+        "expansion": 1.0,
+        "depth_mult": 1.0,
+        "dec_nheads": 8,
+        "dec_dim_feedforward": 1024,
+        "dec_n_points": 4,
+        "eval_spatial_size": None,
+        "eval_idx": -1,
+        "num_top_queries": 300,
+        "num_denoising": 100,
+        "label_noise_ratio": 0.5,
+        "box_noise_scale": 1.0,
+        "vfl_alpha": 0.75,
+    },
 }
 
 # Field kinds for the type and range checks of DETRConfig.validate (consistency checks follow them).
 _POSITIVE_INTS = ("num_classes", "hidden_dim", "nheads", "dec_layers", "dim_feedforward", "num_queries",
-                  "backbone_stride", "num_feature_levels", "enc_n_points", "dec_n_points")
-_NON_NEGATIVE_INTS = ("enc_layers",)
+                  "backbone_stride", "num_feature_levels", "enc_n_points", "dec_n_points",
+                  "enc_nheads", "enc_dim_feedforward", "dec_nheads", "dec_dim_feedforward", "num_top_queries")
+_NON_NEGATIVE_INTS = ("enc_layers", "num_denoising")
 _BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "box_refine", "two_stage",
           "encoder_aux_loss", "encoder_cell_units", "focal_loss", "with_box_refine")
 _NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
-                         "giou_loss_coef", "encoder_aux_coef", "focal_gamma")
+                         "giou_loss_coef", "encoder_aux_coef", "focal_gamma", "box_noise_scale")
 _STRINGS = ("family", "backbone", "backbone_norm", "position_embedding")
 
 
@@ -101,8 +119,26 @@ def _check_field_types(cfg: "DETRConfig") -> None:
         raise ValueError(f"focal_alpha must be a number in [0, 1], got {cfg.focal_alpha!r}")
     if not _is_number(cfg.encoder_aux_radius) or cfg.encoder_aux_radius <= 0:
         raise ValueError(f"encoder_aux_radius must be a finite number > 0, got {cfg.encoder_aux_radius!r}")
+    _check_rtdetr_types(cfg)
     if cfg.focal_prior_prob is not None and not (_is_number(cfg.focal_prior_prob) and 0.0 < cfg.focal_prior_prob < 1.0):
         raise ValueError(f"focal_prior_prob must be None or a number in (0, 1), got {cfg.focal_prior_prob!r}")
+
+
+def _check_rtdetr_types(cfg: "DETRConfig") -> None:
+    """The rtdetr family's fields that are not plain ints or numbers >= 0."""
+    for name in ("expansion", "depth_mult"):
+        value = getattr(cfg, name)
+        if not _is_number(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    for name in ("label_noise_ratio", "vfl_alpha"):
+        value = getattr(cfg, name)
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not _is_int(cfg.eval_idx):
+        raise ValueError(f"eval_idx must be an int (a decoder layer, -1: the last), got {cfg.eval_idx!r}")
+    size = cfg.eval_spatial_size
+    if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) and v >= 32 for v in size)):
+        raise ValueError(f"eval_spatial_size must be None or (h, w), two ints >= 32, got {size!r}")
 
 
 @dataclass
@@ -116,7 +152,7 @@ class DETRConfig:
     defaults in any other.
     """
 
-    family: str = "detr"  # "detr" (the paper's), "conditional" (Conditional DETR) or "deformable"
+    family: str = "detr"  # "detr" (the paper's), "conditional" (Conditional DETR), "deformable" or "rtdetr"
     num_classes: int = 91
     class_names: Optional[list[str]] = None
     # backbone
@@ -152,6 +188,22 @@ class DETRConfig:
     enc_n_points: int = 4  # sampling points per head and level in the encoder's deformable attention
     dec_n_points: int = 4  # ... and in the decoder's cross-attention
     with_box_refine: bool = False  # iterative box refinement: each decoder layer refines the previous boxes
+    # family options of "rtdetr" (RT-DETR's official option names; dec_n_points too). This family reads
+    # hidden_dim, enc_layers (AIFI layers), dec_layers, num_queries, dropout, but not nheads/dim_feedforward
+    # (the official code has one of each per part: enc_* for the AIFI layer, dec_* for the decoder)
+    enc_nheads: int = 8  # AIFI's attention heads
+    enc_dim_feedforward: int = 1024  # AIFI's feed-forward width
+    expansion: float = 1.0  # CSPRepLayer width: hidden channels = expansion * hidden_dim
+    depth_mult: float = 1.0  # RepVGG blocks per CSPRepLayer: round(3 * depth_mult)
+    dec_nheads: int = 8  # decoder heads (self- and deformable cross-attention)
+    dec_dim_feedforward: int = 1024  # decoder feed-forward width
+    eval_spatial_size: Optional[tuple[int, int]] = None  # (h, w): anchors and AIFI positions precomputed for it
+    eval_idx: int = -1  # the decoder layer whose predictions inference returns
+    num_top_queries: int = 300  # post-processing: the best (query, class) pairs kept per image
+    num_denoising: int = 100  # training: denoising queries (positive + negative, all groups); 0: none
+    label_noise_ratio: float = 0.5  # a denoising label is replaced with probability ratio / 2
+    box_noise_scale: float = 1.0  # corner noise, in half box sizes
+    vfl_alpha: float = 0.75  # varifocal loss: weight of the negatives (focal_alpha is the matcher's)
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
@@ -166,6 +218,8 @@ class DETRConfig:
     focal_prior_prob: Optional[float] = None  # focal only: start every class score at this probability
 
     def __post_init__(self) -> None:
+        if isinstance(self.eval_spatial_size, list):  # from JSON / to_dict: one spelling, a tuple
+            self.eval_spatial_size = tuple(self.eval_spatial_size)
         self.validate()
 
     def validate(self) -> None:
@@ -186,7 +240,7 @@ class DETRConfig:
             raise ValueError(f"the sine encoding needs hidden_dim divisible by 4, got {self.hidden_dim}")
         if self.backbone_norm not in ("frozen_bn", "bn"):
             raise ValueError(f"backbone_norm must be 'frozen_bn' or 'bn', got {self.backbone_norm!r}")
-        strides = (8, 16) if self.backbone == "smallcnn" else (16, 32)
+        strides = (8, 16) if self.backbone == "smallcnn" else (32,) if self.backbone.startswith("presnet") else (16, 32)
         if self.backbone_stride not in strides:
             raise ValueError(f"backbone_stride must be one of {strides} for {self.backbone}, got {self.backbone_stride}")
         if self.backbone == "smallcnn" and (self.pretrained_backbone or self.backbone_norm != "bn"):
@@ -254,6 +308,10 @@ def _check_family_options(cfg: DETRConfig) -> None:
         )
     if cfg.family == "deformable":
         _check_deformable(cfg)
+    if cfg.family == "rtdetr":
+        _check_rtdetr(cfg)
+    elif cfg.backbone.startswith("presnet"):
+        raise ValueError(f"the {cfg.backbone} trunk (ResNet-vd) belongs to family 'rtdetr': use resnet* here")
     if cfg.family == "conditional":
         if cfg.pre_norm:
             raise ValueError("the conditional family's decoder is post-norm only: set pre_norm=False")
@@ -278,6 +336,23 @@ def _check_deformable(cfg: DETRConfig) -> None:
     if cfg.two_stage and not cfg.with_box_refine:
         raise ValueError("two-stage Deformable DETR scores its proposals with the refinement heads "
                          "(the official code needs both): set with_box_refine=True")
+
+
+def _check_rtdetr(cfg: DETRConfig) -> None:
+    """What the official RT-DETR builds: sigmoid heads, post-norm layers, head counts dividing ``d``."""
+    if not cfg.focal_loss:
+        raise ValueError("the rtdetr family's class heads are sigmoid (no 'no object' output): set focal_loss=True")
+    if cfg.pre_norm:
+        raise ValueError("the rtdetr family's layers are post-norm only: set pre_norm=False")
+    if cfg.dilation:
+        raise ValueError("the rtdetr family reads the stride 8/16/32 maps: set dilation=False")
+    for name in ("enc_nheads", "dec_nheads"):
+        if cfg.hidden_dim % getattr(cfg, name) != 0:
+            raise ValueError(f"hidden_dim ({cfg.hidden_dim}) must be divisible by {name} ({getattr(cfg, name)})")
+    if cfg.hidden_dim % 4 != 0:
+        raise ValueError(f"AIFI's 2-D sin-cos positions need hidden_dim divisible by 4, got {cfg.hidden_dim}")
+    if not -cfg.dec_layers <= cfg.eval_idx < cfg.dec_layers:
+        raise ValueError(f"eval_idx must name one of the {cfg.dec_layers} decoder layers, got {cfg.eval_idx}")
 
 
 #: Options of configs written before ``family`` existed that no longer exist, with the reason.
@@ -344,6 +419,18 @@ _DEFORMABLE = _R50.replace(
     focal_prior_prob=0.01,
 )
 
+#: RT-DETR-R50 as the official ``configs/rtdetr/rtdetr_r50vd_6x_coco.yml`` (with ``include/rtdetr_r50vd.yml``):
+#: COCO's 80 classes, ImageNet-pretrained PResNet-50-vd with frozen BatchNorm and stem, inputs 640 x 640.
+_RTDETR_R50 = DETRConfig(
+    family="rtdetr", num_classes=80, backbone="presnet50", pretrained_backbone=True, backbone_norm="frozen_bn",
+    freeze_stem=True, hidden_dim=256, nheads=8, enc_layers=1, dim_feedforward=1024, dropout=0.0, dec_layers=6,
+    num_queries=300, aux_loss=True, enc_nheads=8, enc_dim_feedforward=1024, expansion=1.0, depth_mult=1.0,
+    dec_nheads=8, dec_dim_feedforward=1024, dec_n_points=4, eval_spatial_size=(640, 640), eval_idx=-1,
+    num_top_queries=300, num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0,
+    set_cost_class=2.0, set_cost_bbox=5.0, set_cost_giou=2.0, ce_loss_coef=1.0, bbox_loss_coef=5.0,
+    giou_loss_coef=2.0, eos_coef=1e-4, focal_loss=True, focal_alpha=0.25, focal_gamma=2.0, vfl_alpha=0.75,
+)
+
 #: Named configurations. ``detr-r50``/``detr-r101`` (and their DC5 variants) are the paper's models;
 #: ``detr-tiny`` is small enough to train and test on a laptop CPU (it is also the fixed
 #: configuration our benchmarks compare with the official implementation).
@@ -367,6 +454,10 @@ PRESETS: dict[str, DETRConfig] = {
     "deformable-detr": _DEFORMABLE,
     "deformable-detr-refine": _DEFORMABLE.replace(with_box_refine=True),
     "deformable-detr-two-stage": _DEFORMABLE.replace(with_box_refine=True, two_stage=True),
+    # rtdetr_r18vd_6x_coco.yml: trainable BatchNorm and stem, half-width CSP blocks, 3 decoder layers
+    "rtdetr-r18": _RTDETR_R50.replace(backbone="presnet18", backbone_norm="bn", freeze_stem=False, expansion=0.5,
+                                      dec_layers=3),
+    "rtdetr-r50": _RTDETR_R50,
 }
 
 

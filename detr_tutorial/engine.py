@@ -162,6 +162,15 @@ class _PendingStep:
                         grad_norm=grad_norm, images=self.images, seconds=seconds)
 
 
+def _training_forward(model: nn.Module, samples: Any, targets: Sequence[Mapping[str, Any]]) -> Any:
+    """The model's training forward; a model whose training also reads the targets (it says so
+    with ``trains_with_targets = True``: RT-DETR builds its denoising queries from them) gets them."""
+    inner = getattr(model, "module", model)  # under DDP the model is .module
+    if getattr(inner, "trains_with_targets", False):
+        return model(samples, targets=targets)
+    return model(samples)
+
+
 @dataclass
 class _Optimization:
     """What turns micro-batches into optimizer steps: the arguments of :func:`train_one_epoch`
@@ -198,7 +207,7 @@ class _Optimization:
         no_sync = not sync and hasattr(self.model, "no_sync")
         with self.model.no_sync() if no_sync else contextlib.nullcontext():
             with _autocast(self.device, self.amp_dtype):
-                outputs = self.model(samples)
+                outputs = _training_forward(self.model, samples, targets)
             outputs = outputs_to_float(outputs)
             _check_outputs(outputs, step, epoch, self.lr, last_terms)
             losses = self.criterion(outputs, targets)

@@ -11,6 +11,11 @@ model of the ``"deformable"`` family: only the trunk prefix differs (``backbone.
 duplicated head keys of its box-refinement and two-stage variants
 (``transformer.decoder.bbox_embed.*``, ``transformer.decoder.class_embed.*``) are the same
 modules here, so they load as they are.
+
+Official RT-DETR checkpoints (lyuwenyu/RT-DETR, ``rtdetr_pytorch``) load into a model of the
+``"rtdetr"`` family key for key: its modules carry the official names (``backbone.*``,
+``encoder.*``, ``decoder.*``); the released files hold ``{"ema": {"module": ...}}`` or
+``{"model": ...}``, both are read.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 from .families import build_model
 from .families.deformable import DeformableDETR
+from .families.rtdetr import RTDETR
 from .models.detr import DETR
 
 __all__ = [
@@ -34,10 +40,12 @@ __all__ = [
     "from_official",
     "infer_official_preset",
     "infer_official_deformable_preset",
+    "infer_official_rtdetr_preset",
 ]
 
 logger = logging.getLogger(__name__)
 
+_RTDETR_RELEASES = "https://github.com/lyuwenyu/storage/releases/download/v0.1/"
 _DRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
 
 #: Download addresses of the official COCO detection checkpoints (from the official READMEs).
@@ -51,6 +59,9 @@ OFFICIAL_URLS: dict[str, str] = {
     "deformable-detr": _DRIVE.format("1nDWZWHuRwtwGden77NLM9JoWe-YisJnA"),
     "deformable-detr-refine": _DRIVE.format("1JYKyRYzUH7uo9eVfDaVCiaIGZb5YTCuI"),
     "deformable-detr-two-stage": _DRIVE.format("15I03A7hNTpwuLNdfuEmW9_taZMNVssEp"),
+    # rtdetr_pytorch/README.md: the COCO models converted from PaddlePaddle (80 classes)
+    "rtdetr-r18": _RTDETR_RELEASES + "rtdetr_r18vd_dec3_6x_coco_from_paddle.pth",
+    "rtdetr-r50": _RTDETR_RELEASES + "rtdetr_r50vd_6x_coco_from_paddle.pth",
 }
 
 #: The 91 COCO category ids as the official models index them ("N/A": ids unused by COCO 2017).
@@ -161,6 +172,9 @@ def load_official_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> No
     """
     if isinstance(model, DeformableDETR):
         _load_deformable(model, state_dict)
+        return
+    if isinstance(model, RTDETR):
+        _load_rtdetr(model, state_dict)
         return
     converted = convert_official_state_dict(state_dict)
     own = model.state_dict()
@@ -277,6 +291,54 @@ def _load_deformable(model: DeformableDETR, state_dict: dict[str, Any]) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
 
 
+def _unwrap_rtdetr(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    """The weights of an official RT-DETR file: ``{"ema": {"module": sd}}`` (the released ones, EMA
+    weights), ``{"model": sd}`` (training checkpoints, the reference) or a bare state dict."""
+    ema = state_dict.get("ema")
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        return ema["module"]
+    return _unwrap(state_dict)
+
+
+def infer_official_rtdetr_preset(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The sizes of an official RT-DETR state dict: ``backbone`` (``presnet18`` .. ``presnet101``),
+    ``num_classes``, ``hidden_dim`` and ``dec_layers`` (``num_queries`` is not in a state dict)."""
+    sd = _unwrap_rtdetr(state_dict)
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.res_layers\.2\.blocks\.(\d+)\.", k))}
+    bottleneck = any(".branch2c." in k for k in sd)
+    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get((len(blocks), bottleneck))
+    dec = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.decoder\.layers\.(\d+)\.", k))}
+    head = sd.get("decoder.enc_score_head.weight")
+    return {"backbone": None if depth is None else f"presnet{depth}",
+            "num_classes": None if head is None else int(head.shape[0]),
+            "hidden_dim": None if head is None else int(head.shape[1]), "dec_layers": len(dec)}
+
+
+def _load_rtdetr(model: RTDETR, state_dict: dict[str, Any]) -> None:
+    """:func:`load_official_state_dict` for the rtdetr family: the same keys, strict. A trunk with
+    frozen BatchNorm has no ``num_batches_tracked``: those entries are the only ones skipped."""
+    sd = _unwrap_rtdetr(state_dict)
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if k in own or not k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or mismatched:
+        details = []
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {list(sd[k].shape)} "
+                           f"vs model {list(own[k].shape)}")
+        if missing:
+            details.append(f"{len(missing)} key(s) missing from the checkpoint, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} key(s) the model does not have, e.g. {unexpected[:3]}")
+        sizes = ", ".join(f"{k}={v!r}" for k, v in infer_official_rtdetr_preset(sd).items())
+        raise ValueError("checkpoint does not fit this model: " + "; ".join(details)
+                         + f". It is an official RT-DETR checkpoint with {sizes}.")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
 def from_official(
     name: str = "detr-r50",
     checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -301,6 +363,8 @@ def from_official(
             raise CheckpointError(
                 f"official checkpoint {os.fspath(checkpoint)} holds a {type(state).__name__}, expected a dict"
             )
+    elif name.startswith("rtdetr"):  # release assets: no hash in the file name
+        state = torch.hub.load_state_dict_from_url(OFFICIAL_URLS[name], map_location=map_location, progress=progress)
     elif name.startswith("deformable"):  # Drive addresses carry no file name nor hash
         state = torch.hub.load_state_dict_from_url(
             OFFICIAL_URLS[name], map_location=map_location, progress=progress, file_name=f"{name}-official.pth"
@@ -309,7 +373,11 @@ def from_official(
         state = torch.hub.load_state_dict_from_url(
             OFFICIAL_URLS[name], map_location=map_location, progress=progress, check_hash=True
         )
-    model = build_model(name, num_classes=91, class_names=list(COCO_CLASSES), pretrained_backbone=False)
+    if name.startswith("rtdetr"):  # RT-DETR's heads score the 80 COCO categories (label i: the i-th id in use)
+        names = [n for n in COCO_CLASSES if n != "N/A"]
+        model = build_model(name, num_classes=80, class_names=names, pretrained_backbone=False)
+    else:
+        model = build_model(name, num_classes=91, class_names=list(COCO_CLASSES), pretrained_backbone=False)
     load_official_state_dict(model, state)
     logger.info("loaded official %s weights", name)
     return model.eval()

@@ -35,6 +35,12 @@ CHECKS = {
                                         "matcher costs on two padded images",
     "deformable/reference.json": "the official Deformable DETR's matcher indices, loss terms and "
                                  "post-processed detections",
+    "rtdetr/rtdetr_model.pth": "loading an official RT-DETR (PResNet-18-vd) checkpoint strictly, with the "
+                               "official parameter count",
+    "rtdetr/rtdetr_io.pt": "the official RT-DETR's stage outputs (backbone, AIFI, hybrid encoder, query "
+                           "selection, decoder layers), final and training-mode outputs and matcher costs",
+    "rtdetr/reference.json": "the official RT-DETR's matcher indices, varifocal/box loss terms (eval and "
+                             "training mode, with and without an empty image) and post-processed detections",
 }
 
 #: the configuration the reference checkpoint was written with (see its README)

@@ -145,13 +145,13 @@ def test_no_family_option_appears_in_the_vanilla_model_files():
 
 
 def test_families_are_registered_with_their_three_builders():
-    assert set(dt.FAMILIES) == {"detr", "conditional", "deformable"}
+    assert set(dt.FAMILIES) == {"detr", "conditional", "deformable", "rtdetr"}
     from detr_tutorial.config import FAMILIES, FAMILY_OPTIONS
 
     assert set(FAMILIES) == set(dt.FAMILIES) == set(FAMILY_OPTIONS)
     for name, family in dt.FAMILIES.items():
-        # Deformable DETR's class heads have no "no object" output: it is trained with the focal loss only
-        cfg = dt.get_config("detr-tiny", family=name, num_classes=3, focal_loss=name == "deformable")
+        # Deformable DETR's and RT-DETR's class heads have no "no object" output: sigmoid (focal) scores only
+        cfg = dt.get_config("detr-tiny", family=name, num_classes=3, focal_loss=name in ("deformable", "rtdetr"))
         model = family.build_model(cfg)
         assert model.config.family == name
         assert isinstance(family.build_criterion(cfg), dt.SetCriterion)

@@ -7,7 +7,9 @@
   box refinement (:mod:`detr_tutorial.families.conditional`), the book's fast CPU model;
 - ``"deformable"``: Deformable DETR, multi-scale deformable attention, box refinement and the
   two-stage variant, equal to the official code (:mod:`detr_tutorial.families.deformable`, its
-  loss and post-processing in :mod:`detr_tutorial.families.deformable_loss`).
+  loss and post-processing in :mod:`detr_tutorial.families.deformable_loss`);
+- ``"rtdetr"``: RT-DETR, PResNet-vd trunk, hybrid encoder, IoU-aware query selection, varifocal
+  loss and denoising groups, equal to the official code (:mod:`detr_tutorial.families.rtdetr`).
 
 A family module subclasses or composes the vanilla parts of :mod:`detr_tutorial.models`; those
 never import a family. This package sits above ``models``, ``matcher`` and ``criterion`` (it wires
@@ -25,7 +27,7 @@ from .. import criterion as _paper_criterion
 from ..config import DETRConfig, get_config
 from ..criterion import SetCriterion
 from ..models.detr import PostProcess, build_detr
-from . import conditional, deformable, deformable_loss
+from . import conditional, deformable, deformable_loss, rtdetr, rtdetr_loss
 
 __all__ = ["Family", "FAMILIES", "get_family", "build_model", "build_criterion", "build_postprocess"]
 
@@ -52,6 +54,8 @@ FAMILIES: dict[str, Family] = {
                           conditional.build_model, conditional.build_criterion, _postprocess),
     "deformable": Family("deformable", "Deformable DETR (Zhu et al., 2021), as the official code",
                          deformable.build_model, deformable_loss.build_criterion, deformable_loss.build_postprocess),
+    "rtdetr": Family("rtdetr", "RT-DETR (Zhao et al., 2024), as the official rtdetr_pytorch code",
+                     rtdetr.build_model, rtdetr_loss.build_criterion, rtdetr_loss.build_postprocess),
 }
 
 
