@@ -26,6 +26,8 @@ import math
 import os
 import random
 import signal
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -411,3 +413,19 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`train`.
+
+    ``dt.train`` is the function :func:`train`, loaded on first use; but importing this module
+    (``from detr_tutorial.train import ...``, done by the CLI and the trainer too) binds the name
+    ``detr_tutorial.train`` to the module itself, as Python does for every submodule. Calling the
+    module calls the function, so ``dt.train(recipe, ...)`` works whichever of the two the name holds.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -99,3 +99,16 @@ def test_resume_restores_the_step_and_the_optimizer_state_of_the_checkpoint(tmp_
     saved = ckpt_io.load_checkpoint(first.checkpoint)
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, saved["model"][name]), name
+
+
+def test_dt_train_stays_callable_after_the_train_module_is_imported():
+    """Python binds ``detr_tutorial.train`` to the submodule once it is imported (the CLI and the
+    trainer import it); ``dt.train(...)`` must still train."""
+    import importlib
+
+    import detr_tutorial as dt
+
+    importlib.import_module("detr_tutorial.train")
+    for _ in range(2):  # the second access used to return the bare module
+        with pytest.raises(ValueError, match="max_steps must be a positive int"):
+            dt.train("shapes-cpu", max_steps=0)  # train()'s own check: the call reached the function
