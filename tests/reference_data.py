@@ -1,4 +1,4 @@
-"""Access to ../shared/reference (data written by the official DETR code); skip when absent.
+"""Access to ../shared/reference (written by the official DETR, Deformable DETR, RT-DETR code).
 
 A clone with nothing beside it has no ``../shared``: every test that compares with the official
 code then skips, and its reason names the file and the comparison that did not run, so a green
@@ -55,7 +55,7 @@ def skip_reason(name: str) -> str:
     test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
     what = CHECKS.get(name, f"the comparison that reads {name}")
     return (
-        f"{REFERENCE / name} is absent (../shared/reference, written by the official DETR code, is not "
+        f"{REFERENCE / name} is absent (../shared/reference, written by the official implementations, is not "
         f"beside this clone): NOT checked here: {what}" + (f" [{test}]" if test else "")
     )
 
