@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -94,30 +94,41 @@ def _unwrap(state_dict: dict[str, Any]) -> dict[str, Tensor]:
     return state_dict
 
 
+def _rename_keys(sd: dict[str, Tensor], rename: Callable[[str], Optional[str]], model: str) -> dict[str, Tensor]:
+    """``{rename(key): value}`` without BatchNorm's ``num_batches_tracked`` (frozen BN has none);
+    ``ValueError`` listing the keys ``rename`` maps to ``None`` (no part of ``model``)."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        ours = rename(key)
+        if ours is None:
+            unknown.append(key)
+        else:
+            out[ours] = value
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} key(s) of the checkpoint are not part of a {model} model: {unknown[:10]}"
+            + (" ..." if len(unknown) > 10 else "")
+        )
+    return out
+
+
+def _detr_key(key: str) -> Optional[str]:
+    for pattern, repl in _RENAMES:
+        if pattern.search(key):
+            return pattern.sub(repl, key)
+    return None
+
+
 def convert_official_state_dict(state_dict: dict[str, Any]) -> dict[str, Tensor]:
     """Rename an official DETR state dict (or a checkpoint ``{"model": ...}``) to our key names.
 
     Raises ``ValueError`` listing every key that belongs to no known part of DETR (for example a
     segmentation head, or a checkpoint of another model altogether).
     """
-    sd = _unwrap(state_dict)
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in sd.items():
-        if key.endswith("num_batches_tracked"):
-            continue  # trainable-BN bookkeeping; frozen BN has none
-        for pattern, repl in _RENAMES:
-            if pattern.search(key):
-                out[pattern.sub(repl, key)] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} key(s) of the checkpoint are not part of a DETR detection model: {unknown[:10]}"
-            + (" ..." if len(unknown) > 10 else "")
-        )
-    return out
+    return _rename_keys(_unwrap(state_dict), _detr_key, "DETR detection")
 
 
 def infer_official_preset(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -208,28 +219,18 @@ def load_official_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> No
 _DEFORMABLE_PREFIXES = ("input_proj.", "transformer.", "query_embed.", "class_embed.", "bbox_embed.")
 
 
+def _deformable_key(key: str) -> Optional[str]:
+    if key.startswith("backbone.0.body."):
+        return "backbone.body." + key[len("backbone.0.body."):]
+    return key if key.startswith(_DEFORMABLE_PREFIXES) else None
+
+
 def convert_official_deformable_state_dict(state_dict: dict[str, Any]) -> dict[str, Tensor]:
     """Rename an official Deformable DETR state dict (or checkpoint) to our keys: the trunk only.
 
     Raises ``ValueError`` listing the keys that belong to no part of Deformable DETR.
     """
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in _unwrap(state_dict).items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key.startswith("backbone.0.body."):
-            out["backbone.body." + key[len("backbone.0.body."):]] = value
-        elif key.startswith(_DEFORMABLE_PREFIXES):
-            out[key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} key(s) of the checkpoint are not part of a Deformable DETR model: {unknown[:10]}"
-            + (" ..." if len(unknown) > 10 else "")
-        )
-    return out
+    return _rename_keys(_unwrap(state_dict), _deformable_key, "Deformable DETR")
 
 
 def infer_official_deformable_preset(state_dict: dict[str, Any]) -> dict[str, Any]:
