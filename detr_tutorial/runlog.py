@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from .language import tr
+
 __all__ = ["JsonlLogger", "read_log", "trim_log", "plot_log"]
 
 PathLike = Union[str, os.PathLike]
@@ -108,23 +110,23 @@ def plot_log(
         pts = [(s, y) for s, y in zip(steps, ys) if isinstance(y, (int, float))]
         if pts:
             ax_loss.plot(*zip(*pts), label=key)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_xlabel(tr("step"))
+    ax_loss.set_ylabel(tr("loss"))
     if steps:
         ax_loss.set_yscale("log")
         ax_loss.legend(fontsize=8)
-    ax_loss.set_title("training loss")
+    ax_loss.set_title(tr("training loss"))
     esteps = sorted(evals)
     for key in metric_keys:
         pts = [(s, evals[s]["metrics"].get(key)) for s in esteps if key in evals[s].get("metrics", {})]
         if pts:
             ax_map.plot(*zip(*pts), marker="o", label=key)
-    ax_map.set_xlabel("step")
-    ax_map.set_ylabel("COCO metric")
+    ax_map.set_xlabel(tr("step"))
+    ax_map.set_ylabel(tr("COCO metric"))
     ax_map.set_ylim(0, 1)
     if esteps:
         ax_map.legend(fontsize=8)
-    ax_map.set_title("validation")
+    ax_map.set_title(tr("validation"))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

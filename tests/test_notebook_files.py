@@ -76,13 +76,24 @@ def test_code_cells_are_identical_in_both_languages(name):
 
 
 def _text_outputs(cell: dict) -> list[str]:
-    """The text a cell printed or returned (what nbval compares), without images or widgets."""
-    texts = []
+    """The text a cell printed or returned (what nbval compares), without images or widgets.
+
+    The kernel cuts a stream into chunks as time goes by, so consecutive chunks of one stream are
+    joined, as nbval joins them before it compares.
+    """
+    texts: list[str] = []
+    previous_stream = None
     for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            texts.append(f"{out.get('name')}: {booktoc.cell_source({'source': out.get('text', '')})}")
+        stream = out.get("name") if out.get("output_type") == "stream" else None
+        if stream is not None:
+            text = booktoc.cell_source({"source": out.get("text", "")})
+            if stream == previous_stream:
+                texts[-1] += text
+            else:
+                texts.append(f"{stream}: {text}")
         elif "text/plain" in out.get("data", {}):
             texts.append(booktoc.cell_source({"source": out["data"]["text/plain"]}))
+        previous_stream = stream
     return texts
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
+from ..language import tr
 from .drawing import (ImageLike, color, draw_boxes, overlay_attention,
                       plot_decoder_attention_grid)
 from .encoder import _head_name, _new_figure
@@ -35,8 +36,10 @@ def detection_label(inference: AttentionInference, query: int) -> str:
     """A short name for a detection, e.g. ``"query 7: cat 0.93"``."""
     label = int(inference.labels[query])
     names = inference.class_names
-    name = names[label] if names is not None and 0 <= label < len(names) else f"class {label}"
-    return f"query {query}: {name} {float(inference.scores[query]):.2f}"
+    name = (tr(names[label], known_only=True) if names is not None and 0 <= label < len(names)
+            else tr("class {label}", label=label))
+    return tr("query {query}: {name} {score:.2f}", query=query, name=name,
+              score=float(inference.scores[query]))
 
 
 def draw_decoder_attention(fig: Figure, inference: AttentionInference, query: int,
@@ -53,8 +56,8 @@ def draw_decoder_attention(fig: Figure, inference: AttentionInference, query: in
     left.set_title(detection_label(inference, query), fontsize=9)
     overlay_attention(right, pixels, attn_map)
     draw_boxes(right, None, box, colors=["cyan"], linewidth=1.5)
-    right.set_title(f"decoder layer {layer + 1}, {_head_name(head)}:\n"
-                    f"where query {query} looks", fontsize=9)
+    right.set_title(tr("decoder layer {layer}, {head}:\nwhere query {query} looks", layer=layer + 1,
+                       head=_head_name(head), query=query), fontsize=9)
     return attn_map
 
 
@@ -116,15 +119,15 @@ class DecoderAttentionExplorer(Explorer):
         self.current_query: Optional[int] = None
         w = self._widgets
         self.threshold_slider = w.FloatSlider(value=float(threshold), min=0.0, max=1.0,
-                                              step=0.01, description="threshold")
-        self.detection_dropdown = w.Dropdown(options=[], description="detection")
+                                              step=0.01, description=tr("threshold"))
+        self.detection_dropdown = w.Dropdown(options=[], description=tr("detection"))
         self.layer_dropdown = w.Dropdown(
-            options=[(f"decoder layer {i + 1}", i) for i in range(self.inference.num_dec_layers)],
-            value=self.inference.num_dec_layers - 1, description="layer")
+            options=[(tr("decoder layer {layer}", layer=i + 1), i) for i in range(self.inference.num_dec_layers)],
+            value=self.inference.num_dec_layers - 1, description=tr("layer"))
         self.head_dropdown = w.Dropdown(
-            options=[("mean of heads", "mean")] + [(f"head {i + 1}", i)
+            options=[(tr("mean of heads"), "mean")] + [(tr("head {head}", head=i + 1), i)
                                                    for i in range(self.inference.num_heads)],
-            value="mean", description="head")
+            value="mean", description=tr("head"))
         self.threshold_slider.observe(lambda _change: self._refresh_detections(), names="value")
         for control in (self.detection_dropdown, self.layer_dropdown, self.head_dropdown):
             self._observe(control)
@@ -171,7 +174,7 @@ class DecoderAttentionExplorer(Explorer):
             fig = _new_figure(self.inference.image_size, panels=1)
             ax = fig.subplots()
             draw_boxes(ax, self.inference.pixels, np.zeros((0, 4)))
-            ax.set_title("no detection above the threshold", fontsize=9)
+            ax.set_title(tr("no detection above the threshold"), fontsize=9)
             self._set_status(message, problem=True)
             return fig
         fig = _new_figure(self.inference.image_size)

@@ -17,6 +17,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from ..image_io import IMAGENET_MEAN, IMAGENET_STD
+from ..language import tr
 
 try:  # PIL is a torchvision dependency, but keep the import soft for a clear error below
     from PIL import Image as _PILImage
@@ -120,8 +121,8 @@ def _label_text(label: Optional[int], score: Optional[float],
     parts = []
     if label is not None:
         label = int(label)
-        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) \
-            else f"class {label}"
+        name = tr(class_names[label], known_only=True) \
+            if class_names is not None and 0 <= label < len(class_names) else tr("class {label}", label=label)
         parts.append(name)
     if score is not None:
         parts.append(f"{float(score):.2f}")
@@ -229,7 +230,7 @@ def plot_decoder_attention_grid(image: ImageLike, detections: Mapping[str, Seque
         fig = Figure(figsize=(panel_size * 1.5, panel_size))
         ax = fig.add_subplot(1, 1, 1)
         draw_boxes(ax, image, np.zeros((0, 4)))
-        ax.set_title("no detections to show", fontsize=9)
+        ax.set_title(tr("no detections to show"), fontsize=9)
         return fig
     pixels = to_display_image(image)
     aspect = pixels.shape[0] / pixels.shape[1]
@@ -239,8 +240,9 @@ def plot_decoder_attention_grid(image: ImageLike, detections: Mapping[str, Seque
         top, bottom = axes[0, i], axes[1, i]
         top.imshow(maps[i], cmap="viridis")
         top.set_axis_off()
-        name = f"query {int(queries[i])}" if queries is not None else f"detection {i + 1}"
-        top.set_title(f"attention of {name}", fontsize=8)
+        name = (tr("query {query}", query=int(queries[i])) if queries is not None
+                else tr("detection {i}", i=i + 1))
+        top.set_title(tr("attention of {name}", name=name), fontsize=8)
         draw_boxes(bottom, pixels, boxes[i:i + 1],
                    labels=None if labels is None else [labels[i]],
                    scores=None if scores is None else [scores[i]],

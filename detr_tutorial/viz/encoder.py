@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from ..language import tr
 from .drawing import ImageLike, overlay_attention
 from .inference import (AttentionInference, Head, as_inference, cell_box, check_layer,
                         point_to_cell, run_attention, select_head)
@@ -43,7 +44,7 @@ def encoder_attention_map(inference: AttentionInference, point: Tuple[float, flo
 
 
 def _head_name(head: Head) -> str:
-    return "mean of heads" if head == "mean" else f"head {int(head) + 1}"
+    return tr("mean of heads") if head == "mean" else tr("head {head}", head=int(head) + 1)
 
 
 def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tuple[float, float],
@@ -67,10 +68,10 @@ def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tu
         ax.set_xlim(-0.5, inference.image_size[1] - 0.5)
         ax.set_ylim(inference.image_size[0] - 0.5, -0.5)
         ax.set_axis_off()
-    left.set_title(f"point (x={point[0]:.0f}, y={point[1]:.0f}):\n"
-                   f"feature cell ({cell[0]}, {cell[1]}) of {h}x{w}", fontsize=9)
-    right.set_title(f"encoder layer {layer + 1}, {_head_name(head)}:\n"
-                    f"{DIRECTIONS[direction]}", fontsize=9)
+    left.set_title(tr("point (x={x:.0f}, y={y:.0f}):\nfeature cell ({row}, {col}) of {h}x{w}",
+                      x=point[0], y=point[1], row=cell[0], col=cell[1], h=h, w=w), fontsize=9)
+    right.set_title(tr("encoder layer {layer}, {head}:\n{direction}", layer=layer + 1,
+                       head=_head_name(head), direction=tr(DIRECTIONS[direction])), fontsize=9)
     return attn_map
 
 
@@ -140,12 +141,12 @@ class EncoderAttentionExplorer(Explorer):
         self.y_slider = w.IntSlider(value=height // 2, min=0, max=height - 1, description="y")
         self.layer_dropdown = w.Dropdown(
             options=self._layer_options(), value=self.inference.num_enc_layers - 1,
-            description="layer")
+            description=tr("layer"))
         self.head_dropdown = w.Dropdown(options=self._head_options(), value="mean",
-                                        description="head")
+                                        description=tr("head"))
         self.direction_buttons = w.ToggleButtons(
-            options=[(label, key) for key, label in DIRECTIONS.items()], value="row",
-            description="direction")
+            options=[(tr(label), key) for key, label in DIRECTIONS.items()], value="row",
+            description=tr("direction"))
         controls = (self.x_slider, self.y_slider, self.layer_dropdown, self.head_dropdown,
                     self.direction_buttons)
         for control in controls:
@@ -157,10 +158,10 @@ class EncoderAttentionExplorer(Explorer):
 
     # -- options ----------------------------------------------------------------------------
     def _layer_options(self) -> list:
-        return [(f"encoder layer {i + 1}", i) for i in range(self.inference.num_enc_layers)]
+        return [(tr("encoder layer {layer}", layer=i + 1), i) for i in range(self.inference.num_enc_layers)]
 
     def _head_options(self) -> list:
-        return [("mean of heads", "mean")] + [(f"head {i + 1}", i)
+        return [(tr("mean of heads"), "mean")] + [(tr("head {head}", head=i + 1), i)
                                               for i in range(self.inference.num_heads)]
 
     # -- public -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from .. import box_ops
 from ..criterion import SetCriterion
 from ..matcher import HungarianMatcher
+from ..language import tr
 from .drawing import ImageLike, color, draw_boxes, to_display_image
 from .widget_base import Explorer
 
@@ -143,15 +144,15 @@ def draw_matching(fig: Figure, problem: MatchingProblem, matrix: np.ndarray,
         step = 1 if num_queries <= 25 else int(np.ceil(num_queries / 20))
         ax_cost.set_yticks(range(0, num_queries, step))
         ax_cost.tick_params(axis="y", labelsize=7)
-        ax_cost.set_title(f"cost (dark = cheap)\n{matrix.min():.2f} .. {matrix.max():.2f}",
-                          fontsize=8)
+        ax_cost.set_title(tr("cost (dark = cheap)\n{low:.2f} .. {high:.2f}", low=matrix.min(),
+                             high=matrix.max()), fontsize=8)
     else:
-        ax_cost.text(0.5, 0.5, "no ground truth:\nnothing to match", ha="center", va="center",
+        ax_cost.text(0.5, 0.5, tr("no ground truth:\nnothing to match"), ha="center", va="center",
                      fontsize=8, transform=ax_cost.transAxes)
         ax_cost.set_xticks([])
         ax_cost.set_yticks([])
-    ax_cost.set_xlabel("ground truth", fontsize=8)
-    ax_cost.set_ylabel("query", fontsize=8)
+    ax_cost.set_xlabel(tr("ground truth"), fontsize=8)
+    ax_cost.set_ylabel(tr("query"), fontsize=8)
 
     # Boxes: ground truths solid, their matched predictions dashed, a line between centres.
     target = problem.target
@@ -176,7 +177,7 @@ def draw_matching(fig: Figure, problem: MatchingProblem, matrix: np.ndarray,
     ax_image.set_ylim(height - 0.5, -0.5)
     if image is None:
         ax_image.add_patch(Rectangle((-0.5, -0.5), width, height, fill=False, edgecolor="0.7"))
-    ax_image.set_title("ground truth (solid) <- matched query (dashed)", fontsize=8)
+    ax_image.set_title(tr("ground truth (solid) <- matched query (dashed)"), fontsize=8)
 
     # Loss terms of this assignment.
     names = [key for key in ("loss_ce", "loss_bbox", "loss_giou") if key in losses]
@@ -188,10 +189,10 @@ def draw_matching(fig: Figure, problem: MatchingProblem, matrix: np.ndarray,
     ax_loss.bar_label(bars, fmt="%.3f", fontsize=7)
     ax_loss.set_xlim(0, max(values + [1e-6]) * 1.4)
     ax_loss.tick_params(axis="x", labelsize=7)
-    ax_loss.set_title(f"loss terms (unweighted)\ntotal {losses.get('total', float('nan')):.3f}",
+    ax_loss.set_title(tr("loss terms (unweighted)\ntotal {total:.3f}", total=losses.get("total", float("nan"))),
                       fontsize=8)
-    fig.suptitle(f"matching cost = {weights['class']:g} class + {weights['bbox']:g} L1 + "
-                 f"{weights['giou']:g} GIoU", fontsize=9)
+    fig.suptitle(tr("matching cost = {c:g} class + {b:g} L1 + {g:g} GIoU", c=weights["class"],
+                    b=weights["bbox"], g=weights["giou"]), fontsize=9)
 
 
 def _new_figure() -> Figure:
@@ -268,8 +269,8 @@ class MatchingExplorer(Explorer):
         self.giou_slider = w.FloatSlider(value=float(cost_giou), description="cost_giou", **slider)
         controls = [self.class_slider, self.bbox_slider, self.giou_slider]
         batch = int(outputs["pred_logits"].shape[0])
-        self.image_dropdown = w.Dropdown(options=[(f"image {i}", i) for i in range(batch)],
-                                         value=image_index, description="image")
+        self.image_dropdown = w.Dropdown(options=[(tr("image {i}", i=i), i) for i in range(batch)],
+                                         value=image_index, description=tr("image"))
         self.image_dropdown.observe(lambda _change: self._change_image(), names="value")
         if batch > 1:
             controls.append(self.image_dropdown)

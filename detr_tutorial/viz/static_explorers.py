@@ -27,9 +27,7 @@ import hashlib
 import html
 import io
 import json
-import os
 from importlib import resources
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -39,14 +37,13 @@ from PIL import Image
 from torch import nn
 
 from .. import box_ops
+from ..language import book_language
 from .drawing import COLORS, ImageLike, to_display_image
 from .encoder import DIRECTIONS
 from .inference import (AttentionInference, Head, as_inference, check_layer, detections_above,
                         point_to_cell, select_head)
 from .matching import TERMS, MatchingProblem, _canvas
 
-#: the label languages of the twins
-LANGUAGES = ("en", "ko")
 #: raw bytes of encoder codes a twin embeds at most (base64 adds a third): the whole chapter
 #: page stays well under 2 MB; bigger models drop the single heads, then the earlier layers
 ENCODER_MAX_BYTES = 1_200_000
@@ -130,18 +127,6 @@ class ExplorerHTML:
 
 
 # -- language -----------------------------------------------------------------------------------
-def book_language(default: str = "en") -> str:
-    """``"ko"`` when the running notebook is in a folder named ``ko``, else ``default``.
-
-    The notebook's path comes from ``JPY_SESSION_NAME`` (set by Jupyter servers); otherwise the
-    working directory, which ``jupyter execute``, nbval and the book build set to the notebook's
-    folder. Colab (working directory ``/content``) gets ``default``.
-    """
-    session = os.environ.get("JPY_SESSION_NAME")
-    folder = Path(session).parent.name if session else Path.cwd().name
-    return folder if folder in LANGUAGES else default
-
-
 def _labels(lang: Optional[str]) -> Tuple[str, Dict[str, str]]:
     lang = book_language() if lang is None else lang
     if lang not in LABELS:
