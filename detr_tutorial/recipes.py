@@ -14,6 +14,14 @@ Recipes:
     make it converge fast. Why each one helps, with its measurements, is in
     ``benchmarks/RESULTS.md`` ("Notes: why each shapes-cpu choice helps") and chapter 08 of the
     book.
+``shapes-detr``, ``shapes-conditional``, ``shapes-deformable``, ``shapes-rtdetr``
+    The four model families side by side on shapes (``benchmarks/bench_families.py``): one small
+    trunk, width, depth and query count, the same data, batch and seed, the same budget of 12
+    idle CPU minutes (each family's own number of steps, ``FAMILY_STEPS``), and
+    multi-scale training with one canvas size per batch (96-176 px, no padding). Each family keeps
+    its own paper's loss and matching weights; ``shapes-detr`` also keeps the paper's optimizer
+    (AdamW 1e-4, step decay), to show its slow convergence honestly, while the three later
+    families share ``shapes-cpu``'s cosine schedule.
 ``detr-paper``
     The paper's settings (DETR-R50: frozen-BN ResNet-50 from ImageNet, hidden 256, 6+6 layers,
     100 queries, AdamW lr 1e-4 / backbone 1e-5, weight decay 1e-4, batch 2 per GPU on 8 GPUs as
@@ -52,6 +60,12 @@ class Recipe:
             prefixed: that split only); ``scales``, ``max_size``, ``val_size`` and ``crop`` size
             the preset augmentation instead (:func:`~detr_tutorial.data.make_transforms`), and
             override ``image_size`` for their split.
+        batch_image_sizes: multi-scale training with one image size per global batch: each
+            batch draws one of these sizes (pixels) and every image of it is drawn (shapes: the
+            canvas side, objects keep their pixel sizes) or resized (other data sets: the
+            shorter side) to that size, so no training image is padded and a model cannot learn
+            the image size from the padding. The training transforms then only flip.
+            ``None``: the preset's per-image sizes (or ``image_size``).
         batch_size: images per process per micro-batch; the global batch of one optimizer step
             is ``batch_size * processes * accum_steps``.
         accum_steps: micro-batches accumulated per optimizer step.
@@ -81,6 +95,7 @@ class Recipe:
     data_dir: Optional[str] = None
     image_size: Optional[int] = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    batch_image_sizes: Optional[list[int]] = None
     batch_size: int = 2
     accum_steps: int = 1
     lr: float = 1e-4
@@ -130,6 +145,20 @@ class Recipe:
             isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
         ):
             raise ValueError(f"image_size must be a positive int (pixels) or None, got {self.image_size!r}")
+        if self.batch_image_sizes is not None:
+            sizes = self.batch_image_sizes
+            if not isinstance(sizes, (list, tuple)) or not sizes or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+            ):
+                raise ValueError(f"batch_image_sizes must be a non-empty list of positive ints (pixels), got {sizes!r}")
+            if self.image_size is not None:
+                raise ValueError(
+                    "batch_image_sizes sizes the training images and image_size would size them again: "
+                    "set image_size=None (the evaluation size then comes from dataset_options val_size)"
+                )
+            resizing = sorted(k for k in self.dataset_options if k in ("scales", "train_scales", "max_size", "train_max_size"))
+            if resizing:
+                raise ValueError(f"batch_image_sizes replaces the training resize: drop dataset_options {resizing}")
         if self.lr <= 0 or self.lr_backbone < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, lr_backbone and weight_decay >= 0")
 
@@ -164,6 +193,55 @@ _PAPER = dict(
     amp="none",
     checkpoint_every=2000,
     log_every=50,
+)
+
+#: canvas sizes of the family recipes' multi-scale training (one per batch): 96-176 px in steps of
+#: 8, so half of them are not multiples of 16
+SHAPES_BATCH_SIZES = [96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 176]
+
+#: optimizer steps of each family recipe: what the family does in 12 minutes on 2 idle cores, less
+#: 10-30 % for a noisy machine (benchmarks/RESULTS.md, "Families: step cost", measured side by
+#: side: a Deformable DETR step costs 3.6x a shapes-cpu step, RT-DETR 2.5x, DETR 1.2x)
+FAMILY_STEPS = {"detr": 2200, "conditional": 2000, "deformable": 600, "rtdetr": 1000}
+
+
+def _family_recipes() -> dict[str, dict[str, Any]]:
+    """The ``shapes-<family>`` recipes: shared trunk, sizes, data and budget (module docstring)."""
+    trunk = dict(backbone="smallcnn", pretrained_backbone=False, backbone_norm="bn", backbone_stride=16,
+                 hidden_dim=128, dropout=0.0, num_queries=20, aux_loss=True)
+    layers = dict(nheads=8, enc_layers=2, dec_layers=2, dim_feedforward=512)
+    shared = dict(dataset="shapes", batch_image_sizes=list(SHAPES_BATCH_SIZES), batch_size=32, weight_decay=1e-4,
+                  clip_max_norm=0.1, amp="auto", channels_last=True, eval_every=200,
+                  eval_max_images=200, checkpoint_every=200, log_every=20, num_workers=1)
+    fast = dict(lr=1e-3, lr_backbone=1e-3, schedule="cosine", warmup_steps=100)
+    return {
+        "shapes-detr": dict(
+            description="the paper's DETR, scaled down, on shapes with the paper's optimizer (family comparison)",
+            model="detr-tiny", model_overrides={**trunk, **layers}, lr=1e-4, lr_backbone=1e-4, schedule="step",
+            warmup_steps=0, max_steps=FAMILY_STEPS["detr"], **shared),
+        "shapes-conditional": dict(
+            description="the shipped model's family (conditional, two-stage, box refinement) on shapes (family comparison)",
+            model="detr-tiny", model_overrides={**trunk, **layers, **_CONDITIONAL}, max_steps=FAMILY_STEPS["conditional"],
+            **fast, **shared),
+        "shapes-deformable": dict(
+            description="Deformable DETR (two-stage, box refinement, 3 levels) on shapes (family comparison)",
+            model="deformable-detr-two-stage", model_overrides={**trunk, **layers, "num_feature_levels": 3},
+            max_steps=FAMILY_STEPS["deformable"], **fast, **shared),
+        "shapes-rtdetr": dict(
+            description="RT-DETR (hybrid encoder, IoU-aware selection, denoising) on shapes (family comparison)",
+            model="rtdetr-r18", model_overrides={
+                **trunk, "enc_nheads": 8, "dec_nheads": 8, "enc_dim_feedforward": 512, "dec_dim_feedforward": 512,
+                "dec_layers": 2, "eval_spatial_size": None, "num_top_queries": 20, "num_denoising": 40,
+                "freeze_stem": None},
+            max_steps=FAMILY_STEPS["rtdetr"], **fast, **shared),
+    }
+
+
+#: what makes the shipped model's family fast on shapes (``shapes-cpu``; RESULTS.md says why)
+_CONDITIONAL = dict(
+    family="conditional", position_at_input=True, encoder_aux_loss=True, encoder_cell_units=True, two_stage=True,
+    box_refine=True, focal_loss=True, focal_prior_prob=0.01, set_cost_class=2.0, ce_loss_coef=2.0,
+    set_cost_giou=4.0, giou_loss_coef=4.0,
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -219,6 +297,7 @@ RECIPES: dict[str, Recipe] = {
         log_every=20,
         num_workers=1,
     ),
+    **{name: Recipe(name=name, **kw) for name, kw in _family_recipes().items()},
     "detr-paper": Recipe(
         name="detr-paper",
         description="the paper's DETR-R50 settings, on the shapes data set, for comparison",

@@ -11,11 +11,18 @@ Two things make a training run reproducible no matter how it is executed:
   own seed, derived from ``(seed, epoch, index)``, with the caller's random state saved and
   restored around it. Augmentation then depends neither on the number of data-loader workers nor
   on the process it runs in nor on where a run was resumed.
+
+Multi-scale training without padding: given ``sizes``, the sampler also draws one image size per
+global batch (from ``(seed, epoch, batch)``, so every process of a batch and a resumed run agree)
+and every item of that batch carries it; :class:`SeededSamples` then asks the data set for the
+image at that size (:meth:`~detr_tutorial.data.base.DetectionDataset.sized_item`). All images of
+a batch have one size, so no image is padded and a model cannot read the image size from the
+padding.
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +43,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableBatchSampler(Sampler):
-    """Batches of ``(dataset_index, sample_seed)`` pairs for one process and one epoch.
+    """Batches of ``(dataset_index, sample_seed)`` pairs for one process and one epoch
+    (``(dataset_index, sample_seed, size)`` triples when ``sizes`` is given).
 
     Args:
         dataset_len: number of samples.
@@ -46,6 +54,8 @@ class ResumableBatchSampler(Sampler):
         shuffle: draw a new permutation every epoch (else dataset order).
         drop_last: drop the last incomplete global batch (training); ``False`` keeps it and may
             give the last process a shorter (even empty) batch, so use it with one process only.
+        sizes: image sizes in pixels to draw one of per global batch (uniformly, seeded by
+            ``(seed, epoch, batch)``); ``None``: items carry no size.
 
     Call :meth:`set_epoch` before iterating, optionally with ``start_batch`` to resume mid-epoch.
     """
@@ -60,7 +70,12 @@ class ResumableBatchSampler(Sampler):
         world_size: int = 1,
         shuffle: bool = True,
         drop_last: bool = True,
+        sizes: Optional[Sequence[int]] = None,
     ) -> None:
+        if sizes is not None:
+            sizes = tuple(sizes)
+            if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+                raise ValueError(f"sizes must be a non-empty list of positive ints (pixels), got {sizes!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -77,6 +92,7 @@ class ResumableBatchSampler(Sampler):
         self.world_size = world_size
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.sizes = sizes
         self.epoch = 0
         self.start_batch = 0
 
@@ -96,6 +112,14 @@ class ResumableBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
 
+    def batch_size_px(self, batch: int, epoch: Optional[int] = None) -> Optional[int]:
+        """The image size of global batch ``batch`` of ``epoch`` (default: the current one)."""
+        if self.sizes is None:
+            return None
+        epoch = self.epoch if epoch is None else epoch
+        # a stream of its own: the per-sample seeds use non-negative indices
+        return self.sizes[sample_seed(self.seed, epoch, -1 - batch) % len(self.sizes)]
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -106,15 +130,20 @@ class ResumableBatchSampler(Sampler):
         for b in range(self.start_batch, self.batches_per_epoch):
             chunk = order[b * global_batch : (b + 1) * global_batch]
             mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in mine]
+            if self.sizes is None:
+                yield [(i, sample_seed(self.seed, self.epoch, i)) for i in mine]
+            else:
+                size = self.batch_size_px(b)
+                yield [(i, sample_seed(self.seed, self.epoch, i), size) for i in mine]
 
 
 class SeededSamples(Dataset):
     """Wrap a data set so that item ``(index, seed)`` is loaded under its own random seed.
 
     Python's, NumPy's and torch's (CPU) global generators are seeded for the duration of the
-    load and restored afterwards, so the caller's random stream is untouched. A plain integer
-    index is passed through unchanged (no seeding). Attributes of the wrapped data set
+    load and restored afterwards, so the caller's random stream is untouched. An item
+    ``(index, seed, size)`` loads ``dataset.sized_item(index, size)`` the same way. A plain
+    integer index is passed through unchanged (no seeding). Attributes of the wrapped data set
     (``class_names``, ``coco``, ...) are available on the wrapper.
     """
 
@@ -132,7 +161,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, item: Any) -> Any:
         if not isinstance(item, tuple):
             return self.dataset[item]
-        index, seed = item
+        index, seed, *size = item
         py_state = random.getstate()
         np_state = np.random.get_state()
         with torch.random.fork_rng(devices=[]):
@@ -140,7 +169,7 @@ class SeededSamples(Dataset):
             random.seed(seed)
             np.random.seed(seed % (1 << 32))
             try:
-                return self.dataset[index]
+                return self.dataset.sized_item(index, size[0]) if size else self.dataset[index]
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)

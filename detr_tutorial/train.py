@@ -237,8 +237,13 @@ def image_sizes(recipe: Recipe) -> dict[str, Any]:
     "val": ImageSizes}`` (see :class:`~detr_tutorial.data.transforms.ImageSizes`)."""
     from .data.transforms import preset_sizes
 
+    from .data.transforms import ImageSizes
+
     out = {}
     for split, (_, sizes) in _split_options(recipe).items():
+        if split == "train" and recipe.batch_image_sizes:
+            out[split] = ImageSizes(tuple(recipe.batch_image_sizes), per_batch=True)
+            continue
         resize = {k: v for k, v in sizes.items() if k != "crop"}
         try:
             out[split] = preset_sizes(split, recipe.dataset, **resize)
@@ -296,7 +301,9 @@ def build_datasets(recipe: Recipe, data_dir: Optional[str] = None) -> tuple[Data
     root = data_dir if data_dir is not None else recipe.data_dir
     sets = []
     for split, (kwargs, sizes) in _split_options(recipe).items():
-        if sizes:  # the preset's augmentation with other sizes (see make_transforms)
+        if split == "train" and recipe.batch_image_sizes:  # the data set sizes each batch: flips only
+            kwargs["transforms"] = make_transforms("train", recipe.dataset, resize=False)
+        elif sizes:  # the preset's augmentation with other sizes (see make_transforms)
             try:
                 kwargs["transforms"] = make_transforms(split, recipe.dataset, **sizes)
             except (TypeError, ValueError) as e:

@@ -178,11 +178,16 @@ class Trainer:
             self.sizes_used = _log_image_sizes(recipe) if self.main else None
             datasets = build_datasets(recipe, self.data_dir)
         self.train_set, self.val_set = datasets
+        if recipe.batch_image_sizes and not callable(getattr(self.train_set, "sized_item", None)):
+            raise ValueError(
+                f"batch_image_sizes needs a training set that loads an image at a given size (a "
+                f"DetectionDataset's sized_item); {type(self.train_set).__name__} has none"
+            )
         self.class_names = _class_names(self.train_set)
         self.label_map = _label_map(self.train_set)
         self.sampler = ResumableBatchSampler(
             len(self.train_set), recipe.batch_size, seed=recipe.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, shuffle=True, drop_last=True,
+            world_size=self.dist.world_size, shuffle=True, drop_last=True, sizes=recipe.batch_image_sizes,
         )
         self.steps_per_epoch = self.sampler.batches_per_epoch // recipe.accum_steps
         if self.steps_per_epoch < 1:

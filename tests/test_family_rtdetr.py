@@ -6,8 +6,9 @@ PResNet-18-vd trunk (hidden 64, 4 heads, FFN 128, 10 queries, 5 classes, 3 decod
 matrices and indices, the criterion's terms and the post-processed detections. The model is built
 here from the same configuration and loaded with ``dt.load_official_state_dict``; each stage is
 fed the *stored* output of the stage before it (so a difference is located where it arises) and
-must give the stored tensors to 1e-5 (float32 rounding only: the largest, 8.1e-6 on backbone
-values up to 17, is a relative 5e-7, the order in which a 4608-term convolution sum is added).
+must give the stored tensors to 1e-5 of each tensor's scale, ``max(1, max |value|)`` (float32
+rounding only: the largest seen, 1.4e-5 on backbone values up to 17, is a relative 8e-7, the order
+in which a 4608-term convolution sum is added, which differs between CPUs).
 """
 import json
 from functools import lru_cache
@@ -64,6 +65,16 @@ def _d(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def _scaled(ours, theirs) -> float:
+    """Max abs difference in units of the reference's scale, ``max(1, max |theirs|)``.
+
+    float32 rounding grows with the size of the values (a 4608-term convolution sum added in
+    another order on another CPU's vector unit differs by a few 1e-6 of its magnitude), so the
+    bound is relative to the tensor's largest value; a wrong formula differs by far more.
+    """
+    return _d(ours, theirs) / max(1.0, theirs.float().abs().max().item() if theirs.numel() else 1.0)
+
+
 def _inter() -> dict:
     return _io()["intermediates"]
 
@@ -82,7 +93,7 @@ def test_presnet18_vd_gives_the_official_stride_8_16_32_features():
         feats = model.backbone(_io()["images"])
     assert [tuple(f.shape) for f in feats] == [(2, 128, 8, 52), (2, 256, 4, 26), (2, 512, 2, 13)]
     for ours, theirs in zip(feats, _inter()["backbone_features"]):
-        assert _d(ours, theirs) <= TOL
+        assert _scaled(ours, theirs) <= TOL
 
 
 def test_aifi_position_table_is_the_official_transposed_sincos_table():
@@ -101,15 +112,15 @@ def test_aifi_input_and_output_equal_the_official():
         proj = enc.input_proj[2](_inter()["backbone_features"][2])
         flat = proj.flatten(2).permute(0, 2, 1)  # row-major: token k is y = k // 13, x = k % 13
         out = enc.encoder[0](flat, enc.position_table(2, 2, 13, flat.device))
-    assert _d(flat, _inter()["aifi_input"]) <= TOL
-    assert _d(out, _inter()["aifi_output"]) <= TOL
+    assert _scaled(flat, _inter()["aifi_input"]) <= TOL
+    assert _scaled(out, _inter()["aifi_output"]) <= TOL
 
 
 def test_hybrid_encoder_outputs_equal_the_official():
     with torch.no_grad():
         outs = _model().encoder(_inter()["backbone_features"])
     for ours, theirs in zip(outs, _inter()["encoder_outputs"]):
-        assert ours.shape == theirs.shape and _d(ours, theirs) <= TOL
+        assert ours.shape == theirs.shape and _scaled(ours, theirs) <= TOL
 
 
 def test_anchors_are_invalid_exactly_at_the_16_border_cells_of_level_0():
@@ -127,11 +138,11 @@ def test_memory_and_iou_aware_query_selection_equal_the_official():
         memory, shapes, starts = dec.memory(_inter()["encoder_outputs"])
         sel = dec.select_queries(memory, shapes)
     assert shapes == _inter()["spatial_shapes"].tolist() and starts == _inter()["level_start_index"].tolist()
-    assert _d(memory, _inter()["decoder_memory"]) <= TOL
-    assert _d(sel["enc_outputs_class"], _inter()["enc_outputs_class"]) <= TOL
+    assert _scaled(memory, _inter()["decoder_memory"]) <= TOL
+    assert _scaled(sel["enc_outputs_class"], _inter()["enc_outputs_class"]) <= TOL
     for mine, theirs in (("target", "decoder_target"), ("ref_unact", "init_ref_points_unact"),
                          ("enc_topk_bboxes", "enc_topk_bboxes"), ("enc_topk_logits", "enc_topk_logits")):
-        assert _d(sel[mine], _inter()[theirs]) <= TOL, mine
+        assert _scaled(sel[mine], _inter()[theirs]) <= TOL, mine
     _, valid = generate_anchors(shapes)
     assert not (~valid[0, :, 0])[sel["topk_ind"]].any()  # no invalid anchor is selected
 
@@ -141,9 +152,9 @@ def test_decoder_layers_and_outputs_equal_the_official():
     with torch.no_grad():
         out, inter = dec.forward_with_intermediates(_inter()["encoder_outputs"])
     for ours, theirs in zip(inter["decoder_layer_outputs"], _inter()["decoder_layer_outputs"]):
-        assert _d(ours, theirs) <= TOL
+        assert _scaled(ours, theirs) <= TOL
     for key in ("pred_logits", "pred_boxes"):
-        assert _d(out[key], _io()["outputs"][key]) <= TOL, key
+        assert _scaled(out[key], _io()["outputs"][key]) <= TOL, key
 
 
 def test_whole_model_on_the_official_images_equals_the_official_outputs():
@@ -151,7 +162,7 @@ def test_whole_model_on_the_official_images_equals_the_official_outputs():
         out = _model()(_io()["images"], pixels=True)
     assert set(out) == {"pred_logits", "pred_boxes"}
     for key in ("pred_logits", "pred_boxes"):
-        assert _d(out[key], _io()["outputs"][key]) <= TOL, key
+        assert _scaled(out[key], _io()["outputs"][key]) <= TOL, key
 
 
 def test_normalized_input_is_mapped_back_to_the_official_pixels():
@@ -163,7 +174,7 @@ def test_normalized_input_is_mapped_back_to_the_official_pixels():
     with torch.no_grad():
         out = model(normalized)
     for key in ("pred_logits", "pred_boxes"):
-        assert _d(out[key], _io()["outputs"][key]) <= TOL, key
+        assert _scaled(out[key], _io()["outputs"][key]) <= TOL, key
 
 
 def test_training_mode_outputs_without_denoising_equal_the_official():
@@ -176,11 +187,11 @@ def test_training_mode_outputs_without_denoising_equal_the_official():
         out = model(_io()["images"], pixels=True)
     ref = _io()["train_mode_outputs"]
     for key in ("pred_logits", "pred_boxes"):
-        assert _d(out[key], ref[key]) <= TOL, key
+        assert _scaled(out[key], ref[key]) <= TOL, key
     assert len(out["aux_outputs"]) == len(ref["aux_outputs"]) == 3
     for i, (ours, theirs) in enumerate(zip(out["aux_outputs"], ref["aux_outputs"])):
         for key in ("pred_logits", "pred_boxes"):
-            assert _d(ours[key], theirs[key]) <= TOL, (i, key)
+            assert _scaled(ours[key], theirs[key]) <= TOL, (i, key)
 
 
 # -- matching, loss, post-processing ------------------------------------------------------------------
@@ -209,7 +220,7 @@ def test_matcher_costs_and_indices_equal_the_official(mode, suffix):
     assert set(calls) == set(costs) == set(expected)
     for name, o in calls.items():
         for ours, theirs in zip(matcher.cost_matrices(o, targets), costs[name]):
-            assert ours.shape == theirs.shape and (ours.numel() == 0 or _d(ours, theirs) <= TOL), name
+            assert ours.shape == theirs.shape and (ours.numel() == 0 or _scaled(ours, theirs) <= TOL), name
         assert [[i.tolist(), j.tolist()] for i, j in matcher(o, targets)] == expected[name], name
 
 
@@ -235,7 +246,7 @@ def test_postprocess_gives_the_official_top_30_detections():
     dets = post(_io()["outputs"], sizes_hw)
     for ours, theirs in zip(dets, _json()["postprocess"]):
         assert ours["labels"].tolist() == theirs["labels"]
-        assert _d(ours["scores"], torch.tensor(theirs["scores"])) <= TOL
+        assert _scaled(ours["scores"], torch.tensor(theirs["scores"])) <= TOL
         assert _d(ours["boxes"], torch.tensor(theirs["boxes"])) <= 1e-3  # pixels: 1e-5 of up to 1348 px
         assert ours["query"].shape == (30,)
 
@@ -346,7 +357,9 @@ def test_padded_batch_boxes_are_rescaled_to_each_images_own_size():
 def test_tiny_rtdetr_overfits_two_images():
     from training_helpers import overfit_two_images
 
-    first, last = overfit_two_images(_tiny(dropout=0.0), steps=150, lr=1e-3)  # measured: 18.6 -> 1.86
+    # measured: 18.6 -> 1.02 (AMD EPYC); the path is chaotic (matching flips) and differs between
+    # CPUs: at 150 steps one machine was at 1.86, another still at 4.25, so the budget is 300
+    first, last = overfit_two_images(_tiny(dropout=0.0), steps=300, lr=1e-3)
     assert last <= 0.2 * first, f"loss went from {first:.3f} to {last:.3f}"
 
 

@@ -129,11 +129,31 @@ class DetectionDataset(Dataset):
         """Same as :attr:`coco`; the name the official DETR code uses."""
         return self.coco
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def load_sized(self, index: int, size: int) -> tuple[Image.Image, dict]:
+        """:meth:`load` at another size: the image and its boxes resized so that the shorter
+        side is ``size`` pixels (the paper's multi-scale training). A data set that can draw
+        its images at any size (shapes) overrides this."""
+        from torchvision.transforms import v2
+
+        return v2.Resize(size)(*self.load(index))
+
+    def sized_item(self, index: int, size: int) -> tuple[torch.Tensor, dict]:
+        """``dataset[index]`` with the image at ``size`` (see :meth:`load_sized`), then the
+        transforms. Multi-scale training with one size per batch
+        (``Recipe.batch_image_sizes``) loads its images this way; its transforms do not resize."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int (pixels), got {size!r}")
+        return self._transform(*self.load_sized(self._check_index(index), size))
+
+    def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)} images")
-        index = index % len(self)
-        image, target = self.load(index)
+        return index % len(self)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        return self._transform(*self.load(self._check_index(index)))
+
+    def _transform(self, image: Image.Image, target: dict) -> tuple[torch.Tensor, dict]:
         image, target = self.transforms(image, target)
         if isinstance(target["boxes"], tv_tensors.BoundingBoxes):
             raise TypeError(

@@ -22,6 +22,7 @@ object covers part of it), in the pixel-edge convention: a shape covering pixel 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -246,7 +247,8 @@ class ShapesDataset(DetectionDataset):
 
     Args:
         split: ``"train"`` or ``"val"`` (different seeds, so no image is in both).
-        config: difficulty and size; ``ShapesConfig()`` is the book's data set.
+        config: difficulty and size; ``ShapesConfig()`` is the book's data set (a dict of its
+            fields also works, e.g. ``{"min_size": 6, "max_size": 16}`` in a recipe's options).
         transforms: a pipeline from :func:`~detr_tutorial.data.transforms.make_transforms`
             (e.g. ``make_transforms("train", "shapes")``); ``None`` gives float images in
             ``[0, 1]``, not normalized, with no augmentation.
@@ -258,12 +260,18 @@ class ShapesDataset(DetectionDataset):
     def __init__(
         self,
         split: str = "train",
-        config: ShapesConfig | None = None,
+        config: ShapesConfig | dict | None = None,
         transforms: Transforms | None = None,
         num_images: int | None = None,
     ) -> None:
         super().__init__(transforms)
         self.split = _check_split(split)
+        if isinstance(config, dict):  # a recipe's dataset_options are plain (JSON) values
+            try:
+                config = ShapesConfig(**config)
+            except TypeError as e:
+                known = sorted(f.name for f in dataclasses.fields(ShapesConfig))
+                raise ValueError(f"bad shapes config {config!r}: {e}; the fields are {known}") from e
         self.config = config or ShapesConfig()
         self.seed = self.config.split_seed(split)
         full = self.config.split_size(split)
@@ -286,6 +294,18 @@ class ShapesDataset(DetectionDataset):
     def load(self, index: int) -> tuple[Image.Image, dict]:
         scene = self.scene(index)
         size = self.config.image_size
+        return Image.fromarray(scene.image), make_raw_target(scene.boxes, scene.labels, index, size, size)
+
+    def load_sized(self, index: int, size: int) -> tuple[Image.Image, dict]:
+        """Image ``index`` drawn on a canvas of ``size`` x ``size`` pixels, its objects still
+        ``min_size``..``max_size`` pixels: a model trained on several canvas sizes must read an
+        object's size from the object, not from the image. (The scene differs from the one on
+        the split's own canvas: the objects are placed on another canvas.)"""
+        try:
+            config = dataclasses.replace(self.config, image_size=size)
+        except ValueError as e:
+            raise ValueError(f"cannot draw shapes at {size} px: {e}") from e
+        scene = render_scene(config, self.seed, index)
         return Image.fromarray(scene.image), make_raw_target(scene.boxes, scene.labels, index, size, size)
 
     def annotations(self) -> list:

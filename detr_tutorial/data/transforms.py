@@ -127,6 +127,7 @@ def make_transforms(
     val_size: int | None = None,
     crop: bool = True,
     normalize: bool = True,
+    resize: bool = True,
 ) -> v2.Compose:
     """The augmentation preset for a data set and split.
 
@@ -143,6 +144,9 @@ def make_transforms(
             small GPU); ``crop=False`` removes the random crop branch.
         normalize: ImageNet mean/std normalization (``False`` keeps pixels in ``[0, 1]``,
             handy for looking at the images).
+        resize: ``False`` keeps the images' size: training then only flips (for multi-scale
+            training with one size per batch, where the data set draws each image at its
+            batch's size: ``Recipe.batch_image_sizes``); evaluation keeps the native size.
 
     Returns:
         A callable ``(PIL image, raw target) -> (float tensor [3, H, W], target)``.
@@ -153,7 +157,10 @@ def make_transforms(
         raise ValueError(f"unknown dataset preset {dataset!r}; choose one of {DATASET_PRESETS}")
     train = split == "train"
     steps: list = []
-    if dataset in ("coco", "voc", "folder"):
+    if not resize:
+        if train and dataset != "none":
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+    elif dataset in ("coco", "voc", "folder"):
         scales = list(scales or COCO_TRAIN_SCALES)
         max_size = max_size or COCO_MAX_SIZE
         if train:
@@ -191,16 +198,21 @@ def make_transforms(
 class ImageSizes:
     """The sizes a :func:`make_transforms` pipeline resizes images to.
 
-    ``shorter``: the shorter side in pixels (training draws one of them per image), or ``None``
-    when the images keep their own size; ``max_size``: the cap on the longer side (``None``: none).
+    ``shorter``: the shorter side in pixels (training draws one of them per image, or per batch
+    when ``per_batch``), or ``None`` when the images keep their own size; ``max_size``: the cap
+    on the longer side (``None``: none).
     """
 
     shorter: tuple[int, ...] | None
     max_size: int | None = None
+    per_batch: bool = False
 
     def __str__(self) -> str:
         if self.shorter is None:
             return "the images' own size"
+        if self.per_batch:
+            sides = ", ".join(str(v) for v in self.shorter)
+            return f"one size per batch, of {sides} px (no padding)"
         sides = ", ".join(str(v) for v in self.shorter)
         text = f"shorter side {sides} px" if len(self.shorter) == 1 else f"shorter side one of {sides} px"
         return text + (f" (longer side at most {self.max_size} px)" if self.max_size else "")
