@@ -150,7 +150,9 @@ def write_table(variant: str, root: Path, no_write: bool) -> None:
         "batch (32), sizes (one canvas of 96-176 px per batch), budget in steps and seed. mAP etc. at 128 px on "
         "all 500 validation images; the worst mAP over the 11 sizes of `SWEEP_SIZES` (first "
         f"{next(iter(summaries.values()))['sweep_images']} scenes of each); s/step and minutes exclude evaluation; "
-        "images/s: one 128-px image per forward, median of interleaved rounds.",
+        "images/s: one 128-px image per forward, median of interleaved rounds. Torch threads of the training "
+        "runs and the load beside them: see each run's machine line below (minutes on a loaded machine are not "
+        "idle minutes; compare steps).",
         "",
         table,
         "",
@@ -190,7 +192,7 @@ def draw_curves(summaries: dict[str, dict], variant: str) -> list[Path]:
             axes[0].plot(steps, ap, marker="o", ms=3, label=label)
             axes[1].plot(minutes, ap, marker="o", ms=3, label=label)
         axes[0].set_xlabel(tr("optimizer steps", lang=lang))
-        axes[1].set_xlabel(tr("training minutes (2 CPU cores)", lang=lang))
+        axes[1].set_xlabel(tr("training minutes", lang=lang))
         axes[0].set_ylabel(tr("mAP (first 200 validation images)", lang=lang))
         for ax in axes:
             ax.grid(alpha=0.3)

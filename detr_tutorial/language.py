@@ -104,7 +104,7 @@ KOREAN: dict[str, str] = {
     # detr_tutorial.runlog.plot_log
     "loss": "손실", "training loss": "학습 손실", "COCO metric": "COCO 지표", "validation": "검증",
     # benchmarks/bench_families.py and chapter 10's comparison
-    "optimizer steps": "옵티마이저 스텝", "training minutes (2 CPU cores)": "학습 시간(분, CPU 코어 2개)",
+    "optimizer steps": "옵티마이저 스텝", "training minutes": "학습 시간(분)",
     "mAP (first 200 validation images)": "mAP (검증 이미지 앞 200장)",
     "Families on shapes ({variant})": "shapes 데이터셋의 모델 패밀리 ({variant})",
     "objects 12-48 px": "객체 12-48 px", "objects 6-16 px": "객체 6-16 px",
