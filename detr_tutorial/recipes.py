@@ -21,7 +21,8 @@ Recipes:
     multi-scale training with one canvas size per batch (96-176 px, no padding). Each family keeps
     its own paper's loss and matching weights; ``shapes-detr`` also keeps the paper's optimizer
     (AdamW 1e-4, step decay), to show its slow convergence honestly, while the three later
-    families share ``shapes-cpu``'s cosine schedule.
+    families share one AdamW schedule (1e-3 after 100 warm-up steps, cosine decay; ``shapes-cpu``
+    uses 3e-3).
 ``detr-paper``
     The paper's settings (DETR-R50: frozen-BN ResNet-50 from ImageNet, hidden 256, 6+6 layers,
     100 queries, AdamW lr 1e-4 / backbone 1e-5, weight decay 1e-4, batch 2 per GPU on 8 GPUs as
