@@ -298,6 +298,7 @@ def main() -> None:
     if not devices:
         raise SystemExit("--device cuda: no CUDA device")
     sections = []
+    stored = {}
     for device in devices:
         load = LoadLog()
         results = {}
@@ -307,6 +308,15 @@ def main() -> None:
             print(f"[{device.type}] side {side}: " + ", ".join(
                 f"{k} {statistics.median(v):.1f} ms" for k, v in res["train"].items()), flush=True)
         table, growth = report(results, device, a.rounds)
+        stored[device.type] = {
+            "machine": machine_info(), "load": load.describe(a.threads), "rounds": a.rounds,
+            "sides": {str(side): {
+                "cells": res["cells"],
+                "train_ms": {k: statistics.median(v) for k, v in res["train"].items()},
+                "infer_ms": {k: statistics.median(v) for k, v in res["infer"].items()},
+                "saved_mb": res["saved"],
+            } for side, res in results.items()},
+        }
         print(table)
         print(growth)
         where = (f"device {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
@@ -333,6 +343,20 @@ def main() -> None:
     )
     if not a.no_write:
         update_section("deformable-attention", body, after="attention")
+        store_results(stored, command_line(), git_commit())
+
+
+def store_results(stored: dict, command: str, commit: str) -> None:
+    """The medians as package data, ``dt.benchmark_results("deformable_attention")`` (chapter 10's
+    plot): per device and image side, each variant's cells, fwd+bwd and fwd ms, saved MB."""
+    import json
+
+    from detr_tutorial.stored_results import RESULTS_DIR
+
+    data = {"benchmark": "benchmarks/bench_deformable_attention.py", "command": command, "commit": commit,
+            "d_model": D_MODEL, "heads": HEADS, "points": POINTS, "devices": stored}
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "deformable_attention.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ def write_table(variant: str, root: Path, no_write: bool) -> None:
         return
     figures = draw_curves(summaries, variant)
     objects = VARIANTS[variant].get("config", {})
+    store_results(variant, summaries, rates)
     size_text = f"objects {objects['min_size']}-{objects['max_size']} px" if objects else "objects 12-48 px"
     body = "\n".join([
         f"### Families: {variant} ({size_text})",
@@ -161,12 +162,38 @@ def write_table(variant: str, root: Path, no_write: bool) -> None:
         markdown_table(sweep_header, sweep_rows),
         "",
         "Curves (periodic evaluation on the first 200 validation images): " + ", ".join(
-            f"`{p.relative_to(ROOT)}`" for p in figures) + ".",
+            f"`{p.relative_to(ROOT)}`" for p in figures) + f". The numbers, for the book: "
+        f"`detr_tutorial/results/families_{variant}.json` (`dt.benchmark_results(\"families_{variant}\")`).",
         "",
         *[f"- {LABELS[f]}: trained on {s['machine']}; commit {s['commit']}." for f, s in summaries.items()],
         f"- Table written on: {machine_info()}.",
     ])
     update_section(f"families: {variant}", body)
+
+
+def store_results(variant: str, summaries: dict[str, dict], rates: dict[str, float]) -> Path:
+    """The table's numbers as package data (``dt.benchmark_results("families_<variant>")``), for
+    the chapters that print them; the local weight paths stay out."""
+    from detr_tutorial.stored_results import RESULTS_DIR
+
+    objects = VARIANTS[variant].get("config", {})
+    keep = ("recipe", "steps", "minutes", "seconds_per_step", "parameters", "metrics_128", "sweep",
+            "sweep_images", "curve", "machine", "commit", "command")
+    data = {
+        "benchmark": "benchmarks/bench_families.py",
+        "variant": variant,
+        "objects_px": [objects.get("min_size", 12), objects.get("max_size", 48)],
+        "command": command_line(),
+        "commit": git_commit(),
+        "written_on": machine_info(),
+        "families": {
+            f: {"label": LABELS[f], **{k: s[k] for k in keep}, "images_per_s": rates[f]} for f, s in summaries.items()
+        },
+    }
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"families_{variant}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def draw_curves(summaries: dict[str, dict], variant: str) -> list[Path]:

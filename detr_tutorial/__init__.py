@@ -36,6 +36,7 @@ _LAZY = {
     "export_onnx": ("export", "export_onnx"),
     "export_torch": ("export", "export_torch"),
     "script_model": ("export", "script_model"),
+    "benchmark_results": ("stored_results", "benchmark_results"),
 }
 
 

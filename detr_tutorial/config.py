@@ -40,6 +40,7 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
         "dec_n_points": 4,
         "with_box_refine": False,
         "two_stage": False,
+        "exact_extent": False,
     },
     "rtdetr": {  # the official RT-DETR option names (HybridEncoder / RTDETRTransformer / postprocessor)
         "enc_nheads": 8,
@@ -65,7 +66,7 @@ _POSITIVE_INTS = ("num_classes", "hidden_dim", "nheads", "dec_layers", "dim_feed
                   "enc_nheads", "enc_dim_feedforward", "dec_nheads", "dec_dim_feedforward", "num_top_queries")
 _NON_NEGATIVE_INTS = ("enc_layers", "num_denoising")
 _BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "box_refine", "two_stage",
-          "encoder_aux_loss", "encoder_cell_units", "focal_loss", "with_box_refine")
+          "encoder_aux_loss", "encoder_cell_units", "focal_loss", "with_box_refine", "exact_extent")
 _NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
                          "giou_loss_coef", "encoder_aux_coef", "focal_gamma", "box_noise_scale")
 _STRINGS = ("family", "backbone", "backbone_norm", "position_embedding")
@@ -188,6 +189,10 @@ class DETRConfig:
     enc_n_points: int = 4  # sampling points per head and level in the encoder's deformable attention
     dec_n_points: int = 4  # ... and in the decoder's cross-attention
     with_box_refine: bool = False  # iterative box refinement: each decoder layer refines the previous boxes
+    # each level's valid extent is the image's size in cells, fractional (146 px at stride 8: 18.25 of
+    # 19 cells), not the count of cells it touches (19, the official rule): exact geometry at sizes that
+    # are not multiples of the strides (the official rule stretches it, by 4 % at 146 px)
+    exact_extent: bool = False
     # family options of "rtdetr" (RT-DETR's official option names; dec_n_points too). This family reads
     # hidden_dim, enc_layers (AIFI layers), dec_layers, num_queries, dropout, but not nheads/dim_feedforward
     # (the official code has one of each per part: enc_* for the AIFI layer, dec_* for the decoder)

@@ -109,6 +109,11 @@ KOREAN: dict[str, str] = {
     "Families on shapes ({variant})": "shapes 데이터셋의 모델 패밀리 ({variant})",
     "objects 12-48 px": "객체 12-48 px", "objects 6-16 px": "객체 6-16 px",
     "Conditional (shipped family)": "Conditional (배포 모델의 패밀리)",
+    "validation image size (px)": "검증 이미지 크기 (px)",
+    "mAP at that size (first 200 scenes)": "그 크기에서의 mAP (장면 앞 200개)",
+    "dense, stride {s}": "전체 어텐션, 스트라이드 {s}", "deformable, stride {s}": "변형 어텐션, 스트라이드 {s}",
+    "deformable, 4 levels": "변형 어텐션, 4개 레벨", "image side (px)": "이미지 한 변 (px)",
+    "one attention layer, forward + backward (ms)": "어텐션 층 하나, 순전파 + 역전파 (ms)",
     # detr_tutorial.viz: boxes, attention and matching figures
     "class {label}": "클래스 {label}",
     "no detections to show": "보여 줄 검출이 없습니다",

@@ -22,7 +22,8 @@ Recipes:
     its own paper's loss and matching weights; ``shapes-detr`` also keeps the paper's optimizer
     (AdamW 1e-4, step decay), to show its slow convergence honestly, while the three later
     families share one AdamW schedule (1e-3 after 100 warm-up steps, cosine decay; ``shapes-cpu``
-    uses 3e-3).
+    uses 3e-3). ``shapes-deformable`` sets ``exact_extent``: most canvases are not multiples of the
+    strides 8, 16 and 32 (book pitfall 10).
 ``detr-paper``
     The paper's settings (DETR-R50: frozen-BN ResNet-50 from ImageNet, hidden 256, 6+6 layers,
     100 queries, AdamW lr 1e-4 / backbone 1e-5, weight decay 1e-4, batch 2 per GPU on 8 GPUs as
@@ -226,7 +227,8 @@ def _family_recipes() -> dict[str, dict[str, Any]]:
             **fast, **shared),
         "shapes-deformable": dict(
             description="Deformable DETR (two-stage, box refinement, 3 levels) on shapes (family comparison)",
-            model="deformable-detr-two-stage", model_overrides={**trunk, **layers, "num_feature_levels": 3},
+            model="deformable-detr-two-stage",
+            model_overrides={**trunk, **layers, "num_feature_levels": 3, "exact_extent": True},
             max_steps=FAMILY_STEPS["deformable"], **fast, **shared),
         "shapes-rtdetr": dict(
             description="RT-DETR (hybrid encoder, IoU-aware selection, denoising) on shapes (family comparison)",

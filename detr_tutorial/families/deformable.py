@@ -50,15 +50,23 @@ class DeformableSinePosition(PositionEmbeddingSine):
     channels ``[y (F), x (F)]``, sin/cos interleaved, as :class:`PositionEmbeddingSine`.
     """
 
-    def forward(self, mask: Tensor, extent: Optional[Tensor] = None) -> Tensor:  # noqa: ARG002 - no extent here
-        """``mask [B, h, w]`` (True = padding) -> ``pos [B, 2 * num_pos_feats, h, w]``."""
+    def forward(self, mask: Tensor, extent: Optional[Tensor] = None) -> Tensor:
+        """``mask [B, h, w]`` (True = padding) -> ``pos [B, 2 * num_pos_feats, h, w]``.
+
+        ``extent [B, 2]`` (``exact_extent`` models): each image's height and width in cells,
+        fractional; ``normalize`` then divides by it instead of the count of valid cells, so a cell
+        centre is coded at its true fraction of the image."""
         not_mask = ~mask
         y_embed = not_mask.cumsum(1, dtype=torch.float32)  # [B, h, w]
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
+            if extent is None:
+                y_total, x_total = y_embed[:, -1:, :], x_embed[:, :, -1:]
+            else:
+                y_total, x_total = extent[:, 0, None, None].float(), extent[:, 1, None, None].float()  # [B, 1, 1]
+            y_embed = (y_embed - 0.5) / (y_total + eps) * self.scale
+            x_embed = (x_embed - 0.5) / (x_total + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t  # [B, h, w, F]
@@ -90,17 +98,23 @@ class DeformableDETR(DETR):
         num_feature_levels: ``L``: the trunk's levels plus ``L - len(stages)`` extra ones.
         aux_loss: also return every earlier decoder layer's predictions.
         with_box_refine: iterative bounding-box refinement (each decoder layer has its own heads).
+        exact_extent: each level's valid extent is the image's size divided by the level's stride
+            (fractional), not the count of cells the image touches (the official rule). With the
+            official rule a 146-px image at stride 8 fills 19 cells, so every position, reference
+            point and proposal is stretched by 152/146 (4 %); a model trained at multiples of 8
+            lost most of its mAP there (0.19 against 0.68 at 152 px, benchmarks/RESULTS.md).
     """
 
     def __init__(
         self, backbone: nn.Module, position_embedding: nn.Module, transformer: DeformableTransformer,
         num_classes: int, num_queries: int, num_feature_levels: int = 4, aux_loss: bool = True,
-        with_box_refine: bool = False,
+        with_box_refine: bool = False, exact_extent: bool = False,
     ) -> None:
         super().__init__(backbone, position_embedding, transformer, num_classes, num_queries, aux_loss)
         d = transformer.d_model
         self.two_stage = transformer.two_stage
         self.with_box_refine = with_box_refine
+        self.exact_extent = exact_extent
         self.num_feature_levels = num_feature_levels
         channels = list(backbone.stage_channels) if num_feature_levels > 1 else [backbone.stage_channels[-1]]
         if num_feature_levels < len(channels):
@@ -109,6 +123,9 @@ class DeformableDETR(DETR):
                 f"(strides {backbone.stage_strides}): use 1 (the last map only) or at least {len(channels)}"
             )
         self.trunk_levels = len(channels)
+        strides = list(backbone.stage_strides)[-self.trunk_levels :]
+        #: each level's stride in pixels: the trunk's, then x2 per extra level
+        self.level_strides = strides + [strides[-1] * 2 ** (i + 1) for i in range(num_feature_levels - len(strides))]
         proj = [_projection(c, d, extra=False) for c in channels]
         for i in range(num_feature_levels - len(channels)):
             proj.append(_projection(channels[-1] if i == 0 else d, d, extra=True))
@@ -153,8 +170,19 @@ class DeformableDETR(DETR):
             src = self.input_proj[lvl](stages[-1][0] if lvl == self.trunk_levels else srcs[-1])
             srcs.append(src)
             masks.append(F.interpolate(nested.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0])
-        pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
+        extents = self.level_extents(nested)
+        pos = [self.position_embedding(m, e).to(s.dtype)
+               for s, m, e in zip(srcs, masks, extents or [None] * len(srcs))]
         return srcs, masks, pos
+
+    def level_extents(self, nested: NestedTensor) -> Optional[list[Tensor]]:
+        """``exact_extent`` models: per level, each image's ``(height, width)`` in cells ``[B, 2]``,
+        its valid pixels divided by the level's stride (fractional); ``None`` otherwise (the
+        official rule: the count of valid cells)."""
+        if not self.exact_extent:
+            return None
+        valid = torch.stack([(~nested.mask[:, :, 0]).sum(1), (~nested.mask[:, 0, :]).sum(1)], 1).float()  # [B, 2]
+        return [valid / stride for stride in self.level_strides]
 
     def heads(self, hs: Tensor, init_reference: Tensor, inter_references: Tensor) -> tuple[Tensor, Tensor]:
         """Each decoder layer's class logits ``[L, B, Q, C]`` and boxes ``[L, B, Q, 4]``: the box head's
@@ -181,7 +209,7 @@ class DeformableDETR(DETR):
         nested = to_nested(samples)
         srcs, masks, pos = self.multi_scale(nested)
         query = None if self.query_embed is None else self.query_embed.weight
-        t = self.transformer(srcs, masks, pos, query)
+        t = self.transformer(srcs, masks, pos, query, extents=self.level_extents(nested))
         out = self.set_outputs(*self.heads(t["hs"], t["init_reference"], t["inter_references"]))
         if self.two_stage:
             out["enc_outputs"] = {
@@ -244,5 +272,6 @@ def build_model(cfg: DETRConfig) -> DeformableDETR:
     model = DeformableDETR(
         backbone, position_embedding, transformer, cfg.num_classes, cfg.num_queries,
         num_feature_levels=cfg.num_feature_levels, aux_loss=cfg.aux_loss, with_box_refine=cfg.with_box_refine,
+        exact_extent=cfg.exact_extent,
     )
     return finish_model(model, cfg)

@@ -241,23 +241,33 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
-    def flatten(self, srcs: list[Tensor], masks: list[Tensor], pos: list[Tensor]) -> dict[str, Tensor]:
+    def flatten(
+        self, srcs: list[Tensor], masks: list[Tensor], pos: list[Tensor], extents: Optional[list[Tensor]] = None
+    ) -> dict[str, Tensor]:
         """Levels ``[B, d, H_l, W_l]`` (masks ``[B, H_l, W_l]``) -> the flattened encoder input:
         ``src, pos [B, S, d]`` (``level_embed`` added to the positions), ``mask [B, S]``,
-        ``spatial_shapes [L, 2]``, ``level_start_index [L]``, ``valid_ratios [B, L, 2]``."""
+        ``spatial_shapes [L, 2]``, ``level_start_index [L]``, ``valid_ratios [B, L, 2]``.
+
+        ``extents`` (per level ``[B, 2]``, ``(h, w)`` in cells, fractional): the valid ratios are
+        ``extent / (H_l, W_l)`` instead of the valid cells' fraction (``exact_extent`` models)."""
         shapes = torch.as_tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=srcs[0].device)
         lvl_pos = [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos)]
+        if extents is None:
+            ratios = torch.stack([valid_ratio(m) for m in masks], 1)  # [B, L, 2]
+        else:  # (h, w) cells / (H_l, W_l) -> (w, h) ratios
+            ratios = torch.stack([e.flip(-1) / e.new_tensor(s.shape[-2:][::-1]) for e, s in zip(extents, srcs)], 1)
         return {
             "src": torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1),  # [B, S, d]
             "mask": torch.cat([m.flatten(1) for m in masks], 1),  # [B, S]
             "pos": torch.cat(lvl_pos, 1),  # [B, S, d]
             "spatial_shapes": shapes,
             "level_start_index": level_start_index(shapes),
-            "valid_ratios": torch.stack([valid_ratio(m) for m in masks], 1),  # [B, L, 2]
+            "valid_ratios": ratios,
         }
 
     def forward(
-        self, srcs: list[Tensor], masks: list[Tensor], pos: list[Tensor], query_embed: Optional[Tensor] = None
+        self, srcs: list[Tensor], masks: list[Tensor], pos: list[Tensor], query_embed: Optional[Tensor] = None,
+        extents: Optional[list[Tensor]] = None,
     ) -> dict[str, Tensor]:
         """Encode the levels, choose the queries and their references, decode.
 
@@ -268,12 +278,12 @@ class DeformableTransformer(nn.Module):
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("a one-stage deformable transformer needs query_embed [Q, 2 * d_model]")
-        f = self.flatten(srcs, masks, pos)
+        f = self.flatten(srcs, masks, pos, extents)
         shapes, starts, ratios = f["spatial_shapes"], f["level_start_index"], f["valid_ratios"]
         memory = self.encoder(f["src"], shapes, starts, ratios, f["pos"], f["mask"])
         out: dict[str, Tensor] = {"memory": memory}
         if self.two_stage:
-            out.update(self.two_stage_queries(memory, f["mask"], shapes))
+            out.update(self.two_stage_queries(memory, f["mask"], shapes, extents))
         else:
             query_pos, tgt = torch.split(query_embed, self.d_model, dim=1)
             b = memory.shape[0]
@@ -286,7 +296,9 @@ class DeformableTransformer(nn.Module):
         return out
 
     # -- two-stage ------------------------------------------------------------------------------
-    def encoder_proposals(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor) -> tuple[Tensor, Tensor]:
+    def encoder_proposals(
+        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor, extents: Optional[list[Tensor]] = None
+    ) -> tuple[Tensor, Tensor]:
         """One proposal per memory cell: a box around the cell's centre, ``0.05 * 2^l`` wide on level ``l``.
 
         Returns ``output_memory [B, S, d]`` (``enc_output_norm(enc_output(memory))``, padded and
@@ -304,7 +316,10 @@ class DeformableTransformer(nn.Module):
                 indexing="ij",
             )
             grid = torch.stack([grid_x, grid_y], -1)  # [h, w, 2] as (x, y)
-            scale = torch.stack([valid_w, valid_h], 1).view(b, 1, 1, 2)
+            if extents is None:
+                scale = torch.stack([valid_w, valid_h], 1).view(b, 1, 1, 2)
+            else:  # the image's true width and height in cells (exact_extent)
+                scale = extents[lvl].flip(-1).view(b, 1, 1, 2)
             grid = (grid[None].expand(b, -1, -1, -1) + 0.5) / scale
             wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
             proposals.append(torch.cat((grid, wh), -1).view(b, -1, 4))
@@ -326,11 +341,13 @@ class DeformableTransformer(nn.Module):
         pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t  # [B, Q, 4, d/2]
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
-    def two_stage_queries(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor) -> dict[str, Tensor]:
+    def two_stage_queries(
+        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor, extents: Optional[list[Tensor]] = None
+    ) -> dict[str, Tensor]:
         """Score every cell's proposal with the extra heads, keep the ``two_stage_num_proposals`` best
         (by the first class's logit, as the official code); their boxes are the references and
         their sine codes (``pos_trans``) the queries."""
-        output_memory, output_proposals = self.encoder_proposals(memory, padding_mask, spatial_shapes)
+        output_memory, output_proposals = self.encoder_proposals(memory, padding_mask, spatial_shapes, extents)
         n = self.decoder.num_layers
         enc_class = self.decoder.class_embed[n](output_memory)  # [B, S, C]
         enc_coord_unact = self.decoder.bbox_embed[n](output_memory) + output_proposals  # [B, S, 4]
