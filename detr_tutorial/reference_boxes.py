@@ -11,8 +11,8 @@ reference box the last decoder layer started from (same scores, same classes)::
     reference_box_ablation(dt.load_shipped_model(), num_images=200)
     # {'AP': ..., 'AP_reference': ..., 'drop': ...}
 
-A drop near zero means a dead box head. It applies to the conditional family with two-stage
-queries, Deformable DETR with box refinement and RT-DETR; other models have no reference *box*
+A drop near zero means a dead box head. It applies to the conditional family and to Deformable
+DETR with two-stage queries, and to RT-DETR; other models have no reference *box*
 and are refused.
 """
 from __future__ import annotations
@@ -36,8 +36,10 @@ class ReferenceBoxes(nn.Module):
         family = getattr(getattr(model, "config", None), "family", None)
         if family == "conditional" and not getattr(model, "two_stage", False):
             raise ValueError("this conditional model learns reference points, not boxes: the ablation needs two_stage=True")
-        if family == "deformable" and not getattr(model, "with_box_refine", False):
-            raise ValueError("this Deformable DETR has no reference boxes (it needs with_box_refine=True)")
+        if family == "deformable" and not getattr(model, "two_stage", False):
+            # one-stage references are points, refined or not: only two-stage proposals are boxes
+            raise ValueError("this Deformable DETR's references are points, not boxes: the ablation needs "
+                             "two_stage=True (with with_box_refine=True)")
         if family not in ("conditional", "deformable", "rtdetr"):
             raise ValueError(f"a {family!r} model has no reference boxes (conditional two-stage, deformable with "
                              "box refinement or rtdetr)")

@@ -63,7 +63,8 @@ def test_the_model_is_left_as_it_was():
 @pytest.mark.parametrize("preset, overrides, match", [
     ("detr-tiny", {}, "'detr' model has no reference boxes"),
     ("detr-tiny", {"family": "conditional"}, "learns reference points, not boxes"),
-    ("deformable-detr", {"num_feature_levels": 2}, "needs with_box_refine=True"),
+    ("deformable-detr", {"num_feature_levels": 2}, "references are points, not boxes"),
+    ("deformable-detr-refine", {"num_feature_levels": 2}, "references are points, not boxes"),
 ])
 def test_models_without_reference_boxes_are_refused(preset, overrides, match):
     kwargs = {k: v for k, v in SMALL.items() if k != "dec_layers"}
