@@ -203,6 +203,35 @@ def _num_logits(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
     return None if key is None else int(state_dict[key].shape[0])
 
 
+def _class_head_prefixes(model: nn.Module) -> Optional[tuple[str, ...]]:
+    """State-dict prefixes of everything that depends on the class set, read off the model: its
+    ``class_heads()`` and RT-DETR's denoising label embedding. ``None`` for a model without
+    ``class_heads`` (then the key names decide)."""
+    if not hasattr(model, "class_heads"):
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    prefixes = [names[id(head)] + "." for head in model.class_heads() if id(head) in names]
+    for name, module in model.named_modules():
+        if name.endswith("denoising_class_embed"):
+            prefixes.append(name + ".")
+    return tuple(prefixes) or None
+
+
+def _num_classes(model: nn.Module, state: Mapping[str, Any], config: Optional[Mapping[str, Any]]) -> tuple[Optional[int], Optional[int]]:
+    """``(checkpoint's, model's)`` number of real classes: from the configs where there are some,
+    else from the class head's rows (``num_classes + 1``, DETR's "no object" included)."""
+    ours_cfg = getattr(model, "config", None)
+    ours = getattr(ours_cfg, "num_classes", None)
+    theirs = config.get("num_classes") if isinstance(config, Mapping) else None
+    if ours is None or theirs is None:
+        theirs_logits, ours_logits = _num_logits(state), _num_logits(model.state_dict())
+        if theirs is None and theirs_logits is not None:
+            theirs = theirs_logits - 1
+        if ours is None and ours_logits is not None:
+            ours = ours_logits - 1
+    return theirs, ours
+
+
 def load_model_weights(
     model: nn.Module,
     checkpoint: Mapping[str, Any],
@@ -220,19 +249,21 @@ def load_model_weights(
     state = checkpoint["model"]
     ours = model.state_dict()
     head_key = _class_head_key(ours)
-    theirs_logits, ours_logits = _num_logits(state), _num_logits(ours)
-    if head_key is not None and theirs_logits is not None and theirs_logits != ours_logits:
+    theirs_classes, ours_classes = _num_classes(model, state, checkpoint.get("config"))
+    if theirs_classes is not None and ours_classes is not None and theirs_classes != ours_classes:
         if not reset_class_head:
             raise ClassHeadMismatchError(
-                f"{source} was trained for {theirs_logits - 1} classes but the model has "
-                f"{ours_logits - 1}: build the model with num_classes={theirs_logits - 1}, load the "
-                f"weights, then call model.reset_class_head({ours_logits - 1}) to fine-tune on the new "
+                f"{source} was trained for {theirs_classes} classes but the model has "
+                f"{ours_classes}: build the model with num_classes={theirs_classes}, load the "
+                f"weights, then call model.reset_class_head({ours_classes}) to fine-tune on the new "
                 f"classes (command line: --reset-class-head)"
             )
     if reset_class_head:
-        prefix = head_key.rsplit("weight", 1)[0] if head_key else "class_embed."
-        # the class heads: class_embed, and the dense encoder head's enc_class_embed
-        heads = (prefix, prefix[: -len("class_embed.")] + "enc_class_embed.")
+        heads = _class_head_prefixes(model)
+        if heads is None:
+            prefix = head_key.rsplit("weight", 1)[0] if head_key else "class_embed."
+            # the class heads: class_embed, and the dense encoder head's enc_class_embed
+            heads = (prefix, prefix[: -len("class_embed.")] + "enc_class_embed.")
         state = {k: v for k, v in state.items() if not k.startswith(heads)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(heads)]
@@ -240,7 +271,7 @@ def load_model_weights(
             raise CheckpointError(
                 f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        logger.info("loaded %s without its class head (%s kept freshly initialized)", source, prefix)
+        logger.info("loaded %s without its class heads (%s kept freshly initialized)", source, ", ".join(heads))
         return
     try:
         model.load_state_dict(state, strict=True)

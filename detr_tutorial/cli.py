@@ -10,6 +10,7 @@ Examples::
     python -m detr_tutorial predict --checkpoint model.pth img1.jpg img2.jpg --out preds/
     python -m detr_tutorial convert --official detr-r50-e632da11.pth --out detr_r50.pth
     python -m detr_tutorial export --checkpoint model.pth --format onnx --out detr.onnx
+    python -m detr_tutorial export --checkpoint model.pth --format checkpoint --out small.pth
 
 User errors (a missing file or folder, an unreadable checkpoint, a class-count mismatch, a bad
 option value) print one line starting with ``error:`` and exit with status 2; ``--debug``
@@ -423,17 +424,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Checkpoint -> a deployable graph (ONNX, ``torch.export`` or TorchScript); see ``detr_tutorial.export``."""
+    from . import checkpoint as ckpt_io
     from .export import FORMATS, export_graph
 
-    if args.format not in FORMATS:
-        raise UsageError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    formats = (*FORMATS, "checkpoint")
+    if args.format not in formats:
+        raise UsageError(f"unknown export format {args.format!r}; choose one of {', '.join(formats)}")
     src = _existing_file(args.checkpoint, "checkpoint")
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UsageError(f"output folder not found: {out.parent}")
     if out.is_dir():
         raise UsageError(f"--out is a directory, expected a file: {out}")
-    path = export_graph(src, out, format=args.format, opset=args.opset)
+    if args.format == "checkpoint":  # what the shipped model is: float16 weights + config, no optimizer
+        path = ckpt_io.export_model(src, out, half=True)
+    else:
+        path = export_graph(src, out, format=args.format, opset=args.opset)
     print(f"exported {src} as {args.format} -> {path}")
     return 0
 
@@ -501,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="checkpoint -> ONNX / torch.export / TorchScript file for deployment")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--format", default="onnx", metavar="FORMAT",
-                   help="onnx (default), torch-export (a .pt2 program) or torchscript (the paper's DETR only)")
+                   help="onnx (default), torch-export (a .pt2 program), torchscript (the paper's DETR only) or "
+                        "checkpoint (a float16 inference .pth, as the shipped model: weights, config, class names)")
     x.add_argument("--out", required=True, help="the file to write (its folder must exist)")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or later (default 18)")
     x.set_defaults(func=cmd_export)

@@ -57,6 +57,7 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
         "label_noise_ratio": 0.5,
         "box_noise_scale": 1.0,
         "vfl_alpha": 0.75,
+        "anchor_pixels": None,
     },
 }
 
@@ -137,6 +138,8 @@ def _check_rtdetr_types(cfg: "DETRConfig") -> None:
             raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     if not _is_int(cfg.eval_idx):
         raise ValueError(f"eval_idx must be an int (a decoder layer, -1: the last), got {cfg.eval_idx!r}")
+    if cfg.anchor_pixels is not None and (not _is_number(cfg.anchor_pixels) or cfg.anchor_pixels <= 0):
+        raise ValueError(f"anchor_pixels must be None or a finite number of pixels > 0, got {cfg.anchor_pixels!r}")
     size = cfg.eval_spatial_size
     if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) and v >= 32 for v in size)):
         raise ValueError(f"eval_spatial_size must be None or (h, w), two ints >= 32, got {size!r}")
@@ -209,6 +212,10 @@ class DETRConfig:
     label_noise_ratio: float = 0.5  # a denoising label is replaced with probability ratio / 2
     box_noise_scale: float = 1.0  # corner noise, in half box sizes
     vfl_alpha: float = 0.75  # varifocal loss: weight of the negatives (focal_alpha is the matcher's)
+    # the anchors' side at the finest level in pixels, doubling per level (8: 8, 16, 32 px at strides 8,
+    # 16, 32), so a cell's anchor is the same size in pixels on every canvas; None: the official
+    # 0.05 * 2^l of the canvas (32 px at 640 px, but 4.8 px at 96 px and 9.6 px at 192 px)
+    anchor_pixels: Optional[float] = None
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0

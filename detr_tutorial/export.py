@@ -1,40 +1,60 @@
-"""Export a trained DETR for deployment: ONNX files, ``torch.export`` programs, TorchScript.
+"""Export a trained model for deployment: ONNX files, ``torch.export`` programs, TorchScript.
 
 Both formats hold the inference graph only: a normalized image batch ``images [B, 3, H, W]``
 (ImageNet mean/std, no padding: every pixel is valid) goes in, the last decoder layer's
-``pred_logits [B, Q, C+1]`` and ``pred_boxes [B, Q, 4]`` (normalized cxcywh) come out; no
-auxiliary outputs, no post-processing (:class:`~detr_tutorial.models.PostProcess` is four lines a
-deployment rewrites in its own language). Batch, height and width stay dynamic, so one file serves
-every image size; the smallest size the graph accepts is recorded by ``torch.export`` (a feature
-map of one cell would change the graph, so it starts a little above the backbone's stride).
+``pred_logits`` and ``pred_boxes [B, Q, 4]`` (normalized cxcywh, relative to the image) come out;
+no auxiliary outputs, no post-processing. What ``pred_logits`` holds depends on the family, and so
+does the post-processing, ``dt.build_postprocess(model.config)`` (a few lines a deployment rewrites
+in its own language):
+
+- DETR and its variants (:class:`~detr_tutorial.models.DETR`): ``[B, Q, C+1]``, the last column
+  "no object"; softmax scores (:class:`~detr_tutorial.models.PostProcess`), or sigmoid ones for a
+  focal-loss model, whose last column is then never read;
+- RT-DETR (:class:`~detr_tutorial.families.rtdetr.RTDETR`, the ``"rtdetr"`` family): ``[B, Q, C]``,
+  ``num_classes`` columns and no "no object" one: sigmoid scores, and the post-processing keeps the
+  ``num_top_queries`` best (query, class) pairs of each image
+  (:class:`~detr_tutorial.families.rtdetr_loss.RTDETRPostProcess`). The graph pads the image to a
+  multiple of 32 inside, as the eager model does, and its boxes are already rescaled to the image.
+
+Batch, height and width stay dynamic, so one file serves every image size; the smallest size the
+graph accepts is recorded by ``torch.export`` (a feature map of one cell would change the graph,
+so it starts a little above the backbone's stride).
 
 Both are made by :func:`torch.export.export` (the ONNX file by ``torch.onnx.export(...,
 dynamo=True)``, which translates that program into ONNX with ``onnxscript``): Python control flow
-that depends only on shapes and settings is traced away, so every family of the package exports,
-two-stage and conditional models included.
+that depends only on shapes and settings is traced away, so the paper's, the conditional
+(two-stage included) and the RT-DETR families export. The deformable family does not yet: its
+encoder reads the level sizes back from a tensor (``.tolist()``), values the tracer does not have;
+:func:`export_program` says so in one line.
 
 ``torch.jit.script`` is a different matter: it compiles the Python source itself, and only the
 paper's family is written in the subset it understands (:func:`script_model`,
-:func:`scripting_blockers`; the two-stage / conditional families, the shipped model's, do not).
+:func:`scripting_blockers`; the conditional and RT-DETR families and the small CNN trunk do not).
 
 >>> import detr_tutorial as dt
 >>> dt.export_graph("runs/shapes-cpu/model_final.pth", "detr.onnx", format="onnx")  # doctest: +SKIP
+>>> model = dt.load_shipped_model()
+>>> postprocess = dt.build_postprocess(model.config)  # what turns the graph's outputs into pixel boxes
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from .models.scriptable import ScriptableDETR, scripting_blockers
+from .models.scriptable import ScriptableDETR, scripting_blockers, scripting_error
 
 __all__ = [
     "FORMATS",
@@ -65,7 +85,7 @@ OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 
 
 class InferenceGraph(nn.Module):
-    """A DETR as a deployable function ``images [B, 3, H, W] -> (pred_logits, pred_boxes)``.
+    """A model as a deployable function ``images [B, 3, H, W] -> (pred_logits, pred_boxes)``.
 
     Tuples of tensors are what exporters and runtimes understand; the model's output dict also
     carries auxiliary outputs that inference never uses. The wrapped model must be in eval mode
@@ -77,19 +97,84 @@ class InferenceGraph(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``images [B, 3, H, W]`` normalized -> ``pred_logits [B, Q, C+1]``, ``pred_boxes [B, Q, 4]``."""
+        """``images [B, 3, H, W]`` normalized -> ``pred_logits [B, Q, C+1]`` (RT-DETR: ``[B, Q, C]``),
+        ``pred_boxes [B, Q, 4]``."""
         out = self.model(images)
         return out["pred_logits"], out["pred_boxes"]
 
 
 def _check_model(model: Any) -> nn.Module:
+    """``model`` if it is one of the package's models (a DETR of any family, or an RT-DETR) in eval mode."""
+    from .families.rtdetr import RTDETR
     from .models import DETR
 
-    if not isinstance(model, DETR):
-        raise TypeError(f"expected a detr_tutorial DETR model, got {type(model).__name__}")
+    if not isinstance(model, (DETR, RTDETR)):
+        raise TypeError(f"expected a detr_tutorial model (DETR or RTDETR), got {type(model).__name__}")
     if model.training:
         raise ValueError("the model is in training mode: call model.eval() before exporting (dropout, query groups)")
     return model
+
+
+class _BatchFirstAttention(nn.Module):
+    """What an eval-mode, batch-first :class:`torch.nn.MultiheadAttention` computes, written batch-first.
+
+    ``nn.MultiheadAttention(batch_first=True)`` (RT-DETR's encoder and decoder use it) transposes
+    its inputs to ``[L, B, E]`` and projects those views; tracing that projection records a guard
+    that holds for the traced batch and fails for a batch of one (torch 2.14), so the exported
+    graph would refuse single images. This module shares the attention's parameters (same names,
+    so the program's state dict keys are the model's) and computes the same function on the
+    ``[B, L, E]`` tensors: projections, :func:`~torch.nn.functional.scaled_dot_product_attention`,
+    ``out_proj``. It serves inference only: no masks, no dropout, no weights returned.
+    """
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.embed_dim = attention.embed_dim
+        self.num_heads = attention.num_heads
+        self.in_proj_weight = attention.in_proj_weight
+        self.in_proj_bias = attention.in_proj_bias
+        self.out_proj = attention.out_proj
+
+    @staticmethod
+    def replaces(attention: nn.Module) -> bool:
+        """Whether ``attention`` is a ``nn.MultiheadAttention`` this module computes exactly."""
+        return (
+            isinstance(attention, nn.MultiheadAttention) and attention.batch_first and attention._qkv_same_embed_dim
+            and attention.in_proj_bias is not None and attention.bias_k is None and not attention.add_zero_attn
+        )
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, None]:
+        """``query [B, Lq, E]``, ``key``/``value [B, Lk, E]`` -> ``(output [B, Lq, E], None)``."""
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise ValueError("the exported attention takes no masks: inference passes none")
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        head_dim = self.embed_dim // self.num_heads
+
+        def heads(x: Tensor) -> Tensor:  # [B, L, E] -> [B, heads, L, head_dim]
+            return x.view(x.shape[0], x.shape[1], self.num_heads, head_dim).transpose(1, 2)
+
+        q, k, v = heads(F.linear(query, w_q, b_q)), heads(F.linear(key, w_k, b_k)), heads(F.linear(value, w_v, b_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, Lq, head_dim]
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)  # [B, Lq, E]
+        return self.out_proj(out), None
+
+
+def _traceable(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of its module tree (sharing every parameter and buffer, so nothing is
+    duplicated and the user's model is left as it is) with each ``nn.MultiheadAttention`` replaced by
+    :class:`_BatchFirstAttention`, which traces for every batch size."""
+    if not any(_BatchFirstAttention.replaces(m) for m in model.modules()):
+        return model
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    clone = copy.deepcopy(model, memo)
+    for module in list(clone.modules()):
+        for name, child in list(module.named_children()):
+            if _BatchFirstAttention.replaces(child):
+                setattr(module, name, _BatchFirstAttention(child))
+    return clone
 
 
 def example_images(model: nn.Module, batch: int = 2) -> Tensor:
@@ -118,7 +203,8 @@ def _dynamic_shapes() -> dict[str, dict[int, Any]]:
 
 
 def export_program(model: nn.Module, example: Optional[Tensor] = None) -> torch.export.ExportedProgram:
-    """Trace an eval-mode DETR with :func:`torch.export.export`, batch, height and width dynamic.
+    """Trace an eval-mode model (a DETR of any family, or an RT-DETR) with :func:`torch.export.export`,
+    batch, height and width dynamic.
 
     ``example``: the batch to trace with (default :func:`example_images`). Run the result with
     ``program.module()(images)``, which returns ``(pred_logits, pred_boxes)``.
@@ -127,11 +213,24 @@ def export_program(model: nn.Module, example: Optional[Tensor] = None) -> torch.
     if example is None:
         example = example_images(model)
     _check_images(example)
-    with torch.no_grad():
-        program = torch.export.export(InferenceGraph(model).eval(), (example,), dynamic_shapes=_dynamic_shapes())
+    graph = InferenceGraph(_traceable(model)).eval()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(graph, (example,), dynamic_shapes=_dynamic_shapes())
+    except GuardOnDataDependentSymNode as e:
+        raise ValueError(f"{type(model).__name__} cannot be exported: {_data_dependent_cause(e)}") from e
     _check_stays_dynamic(program, model, example)
     logger.info("traced %s: input ranges %s", type(model).__name__, program.range_constraints)
     return program
+
+
+def _data_dependent_cause(error: Exception) -> str:
+    """One line for a trace that stopped where the model reads a tensor's values as Python numbers
+    (``.tolist()``, ``int(t)``, ``if t.any()``): the tracer has symbolic sizes, not values, there."""
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in (\w+)', str(error))
+              if f"{os.sep}torch{os.sep}" not in f[0]]  # the model's line, not torch's
+    where = f" ({Path(frames[-1][0]).name}:{frames[-1][1]} in {frames[-1][2]})" if frames else ""
+    return f"its code reads a tensor's values as Python numbers{where}, which torch.export cannot trace"
 
 
 def _check_stays_dynamic(program: torch.export.ExportedProgram, model: nn.Module, example: Tensor) -> None:
@@ -306,14 +405,16 @@ def export_graph(
 # ----------------------------------------------------------------------------- TorchScript
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     """``torch.jit.script`` a DETR of the paper's family (:class:`ScriptableDETR`), or raise a
-    ``ValueError`` that names the options in the way (:func:`scripting_blockers`).
+    ``ValueError`` that names the options in the way (:func:`scripting_blockers`; for an RT-DETR,
+    ``the 'rtdetr' family (RTDETR)``).
 
-    ``torch.export`` (:func:`export_torch`, :func:`export_onnx`) handles every family and is what
-    torch recommends now; TorchScript is here for deployments that still load TorchScript files,
-    as the official repository's ``test_all.py`` scripts its model.
+    ``torch.export`` (:func:`export_torch`, :func:`export_onnx`) handles the other families (the
+    deformable one aside, see the module docstring) and is what torch recommends now; TorchScript
+    is here for deployments that still load TorchScript files, as the official repository's
+    ``test_all.py`` scripts its model.
     """
     model = _check_model(model)
     blockers = scripting_blockers(model)
     if blockers:  # before torch.jit.script, whose deprecation warning would precede the message
-        ScriptableDETR(model)  # raises the ValueError that names them
+        raise scripting_error(blockers)
     return torch.jit.script(model)  # DETR.__prepare_scriptable__ hands over ScriptableDETR

@@ -86,14 +86,14 @@ KOREAN: dict[str, str] = {
     "{loss}, last decoder layer": "{loss}, 마지막 디코더 층",
     "shapes-cpu model": "shapes-cpu 모델",
     "paper's DETR": "논문의 DETR",
-    "shapes-cpu: the shipped model": "shapes-cpu: 배포 모델",
+    "{recipe}: the shipped model": "{recipe}: 배포 모델",
     "val {i}: best {n} of {q} queries": "검증 {i}: 쿼리 {q}개 중 상위 {n}개",
     # chapter 09
     "image {k}: {n} detections": "이미지 {k}: 검출 {n}개",
     "threshold {t}": "임계값 {t}",
-    "queries, sorted by score": "점수 순으로 정렬한 쿼리",
     "score": "점수",
-    "image 0: {above} of {n} queries above the threshold": "이미지 0: 쿼리 {n}개 중 {above}개가 임계값 이상",
+    "detections, sorted by score": "점수 순으로 정렬한 검출",
+    "image 0: {above} of {n} detections above the threshold": "이미지 0: 검출 {n}개 중 {above}개가 임계값 이상",
     "point {point}": "점 {point}",
     "layer {layer}: looks at": "층 {layer}: 보는 곳",
     "layer {layer}: looked at by": "층 {layer}: 보이는 곳",
@@ -129,6 +129,9 @@ KOREAN: dict[str, str] = {
     "decoder layer {layer}, {head}:\nwhere query {query} looks":
         "디코더 층 {layer}, {head}:\n쿼리 {query}가 보는 곳",
     "decoder layer {layer}": "디코더 층 {layer}",
+    "level {level}: {h}x{w} grid": "레벨 {level}: {h}x{w} 격자",
+    "decoder layer {layer}, {head}: sampling points (area = weight)":
+        "디코더 층 {layer}, {head}: 샘플링 점 (면적 = 가중치)",
     "no detection above the threshold": "임계값을 넘는 검출이 없습니다",
     "cost (dark = cheap)\n{low:.2f} .. {high:.2f}": "비용 (어두울수록 쌈)\n{low:.2f} .. {high:.2f}",
     "no ground truth:\nnothing to match": "정답 없음:\n매칭할 것이 없습니다",

@@ -199,3 +199,19 @@ def test_family_recipes_share_everything_but_the_model_optimizer_and_step_count(
     trunks = [{k: r["model_overrides"][k] for k in ("backbone", "hidden_dim", "num_queries", "backbone_stride")}
               for r in recipes]
     assert all(t == trunks[0] for t in trunks)
+
+
+def test_the_shipped_recipe_is_rtdetr_with_pixel_anchors_on_canvases_from_80_px(tmp_path):
+    """``shapes-shipped`` (``make shipped-model``): the RT-DETR of the comparison with the changes
+    benchmarks/RESULTS.md measured ("Notes: the shipped model"); it trains on unpadded batches."""
+    from detr_tutorial.recipes import SHIPPED_BATCH_SIZES
+
+    recipe = dt.get_recipe("shapes-shipped")
+    rtdetr = dt.get_recipe("shapes-rtdetr")
+    assert recipe.model == rtdetr.model and recipe.model_overrides["anchor_pixels"] == 8.0
+    assert {k: v for k, v in recipe.model_overrides.items() if k != "anchor_pixels"} == rtdetr.model_overrides
+    assert recipe.batch_image_sizes == SHIPPED_BATCH_SIZES == list(range(80, 177, 8))
+    assert (recipe.batch_size, recipe.max_steps, recipe.lr, recipe.seed) == (16, 1800, 2e-3, 42)
+    result = dt.train(recipe.replace(batch_size=2, num_workers=0, log_every=1, checkpoint_every=0, eval_every=0),
+                      tmp_path, max_steps=2, final_eval=False, progress=False, device="cpu")
+    assert result.steps == 2

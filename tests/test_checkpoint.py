@@ -73,6 +73,31 @@ def test_reset_class_head_loads_everything_but_the_head(trained):
     assert model.class_embed.out_features == 6
 
 
+def _tiny_rtdetr(num_classes: int):
+    torch.manual_seed(num_classes)
+    return build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False,
+                       hidden_dim=32, enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1,
+                       num_queries=10, num_classes=num_classes, freeze_stem=None)
+
+
+def test_an_rtdetr_checkpoint_of_other_classes_is_refused_then_loads_without_its_class_heads():
+    """RT-DETR's class-dependent parts are its score heads (encoder and every decoder layer) and
+    the denoising label embedding; everything else transfers, as in DETR."""
+    three = _tiny_rtdetr(3)
+    ckpt = {"model": three.state_dict(), "config": three.config.to_dict()}
+    five = _tiny_rtdetr(5)
+    with pytest.raises(ckpt_io.ClassHeadMismatchError, match=r"trained for 3 classes but the model has 5"):
+        ckpt_io.load_model_weights(five, ckpt)
+    fresh = {k: v.clone() for k, v in five.state_dict().items()}
+    ckpt_io.load_model_weights(five, ckpt, reset_class_head=True)
+    kept = [k for k, v in five.state_dict().items() if torch.equal(v, fresh[k]) and not torch.equal(v, ckpt["model"][k])
+            if v.shape == ckpt["model"][k].shape]
+    assert kept == []  # every weight that fits came from the checkpoint
+    assert [h.out_features for h in five.class_heads()] == [5, 5]
+    assert torch.equal(five.decoder.enc_score_head.weight, fresh["decoder.enc_score_head.weight"])
+    assert torch.equal(five.decoder.denoising_class_embed.weight, fresh["decoder.denoising_class_embed.weight"])
+
+
 def test_unreadable_and_missing_checkpoints_raise_one_line_errors(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")

@@ -1,7 +1,9 @@
 """Export for deployment: ONNX (checked with onnxruntime), torch.export and TorchScript.
 
 Every exported graph is compared with the eager model in eval mode at two image sizes (and two
-batch sizes) that differ from the size it was traced at: one file must serve every size.
+batch sizes) that differ from the size it was traced at: one file must serve every size. The
+paper's DETR and RT-DETR (the shipped model's family: another output convention, images padded
+to multiples of 32 inside the model) are both covered.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 import detr_tutorial as dt
-from detr_tutorial.checkpoint import SHIPPED_MODEL
+from detr_tutorial.checkpoint import SHIPPED_MODEL, load_checkpoint
+from detr_tutorial.config import DETRConfig
 from detr_tutorial.export import export_program, scripting_blockers
 from detr_tutorial.models import Backbone, PositionEmbeddingLearned, PositionEmbeddingSine
 
@@ -22,6 +25,8 @@ ort = pytest.importorskip("onnxruntime")
 
 TOLERANCE = 1e-4
 SIZES = [(1, 96, 128), (2, 128, 160)]  # (batch, height, width): neither is the traced example's size
+# RT-DETR pads to multiples of 32 inside the model and rescales its boxes: a side of 100 or 150 takes that path
+RTDETR_SIZES = [(1, 96, 128), (3, 100, 150)]
 
 
 def tiny_detr(**overrides) -> dt.DETR:
@@ -37,15 +42,24 @@ def images(batch: int, height: int, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eager(model: dt.DETR, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def eager(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(x)
     return out["pred_logits"], out["pred_boxes"]
 
 
-def max_differences(session, model: dt.DETR) -> list[float]:
-    """Largest |onnxruntime - PyTorch| over logits and boxes, per size in ``SIZES``."""
+def tiny_rtdetr() -> torch.nn.Module:
+    """RT-DETR (hybrid encoder, deformable decoder, query selection) at test sizes: two levels
+    (strides 8 and 16 of the small CNN trunk), as the shipped model."""
+    torch.manual_seed(0)
+    return dt.build_model("rtdetr-r18", num_classes=3, backbone="smallcnn", backbone_stride=16,
+                          pretrained_backbone=False, freeze_stem=None, hidden_dim=32, enc_dim_feedforward=64,
+                          dec_dim_feedforward=64, dec_layers=1, num_queries=10).eval()
+
+
+def max_differences(session, model: torch.nn.Module, sizes=SIZES) -> list[float]:
+    """Largest |onnxruntime - PyTorch| over logits and boxes, per size in ``sizes``."""
     diffs = []
-    for b, h, w in SIZES:
+    for b, h, w in sizes:
         x = images(b, h, w)
         logits, boxes = session.run(["pred_logits", "pred_boxes"], {"images": x.numpy()})
         ref_logits, ref_boxes = eager(model, x)
@@ -134,6 +148,62 @@ def test_a_model_that_fixes_a_size_while_tracing_is_refused_at_export_time(vanil
         export_program(vanilla)
 
 
+def test_a_model_that_reads_tensor_values_while_tracing_is_refused_in_one_line(vanilla, monkeypatch):
+    """``if mask.any()`` asks for a value the tracer does not have: say where, in one line."""
+    real_forward = PositionEmbeddingSine.forward
+
+    def reading(self, mask, *rest):
+        if bool(mask.any()):  # a value, not a size
+            mask = mask.clone()
+        return real_forward(self, mask, *rest)
+
+    monkeypatch.setattr(PositionEmbeddingSine, "forward", reading)
+    where = r"test_export\.py:\d+ in reading"  # the line of the model's code that asked
+    with pytest.raises(ValueError, match=rf"DETR cannot be exported: its code reads a tensor's values .*{where}") as e:
+        export_program(vanilla)
+    assert len(str(e.value).splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------ RT-DETR
+@pytest.fixture(scope="module")
+def rtdetr() -> torch.nn.Module:
+    return tiny_rtdetr()
+
+
+@pytest.fixture(scope="module")
+def rtdetr_program(rtdetr) -> torch.export.ExportedProgram:
+    return export_program(rtdetr)
+
+
+def test_an_rtdetr_graph_returns_num_classes_logits_without_a_no_object_column(rtdetr, rtdetr_program):
+    """RT-DETR scores each class with a sigmoid: ``[B, Q, C]``, unlike DETR's ``[B, Q, C + 1]``."""
+    logits, boxes = rtdetr_program.module()(images(*RTDETR_SIZES[1]))
+    assert tuple(logits.shape) == (3, rtdetr.num_queries, rtdetr.num_classes)
+    assert tuple(boxes.shape) == (3, rtdetr.num_queries, 4)
+
+
+def test_onnx_of_an_rtdetr_matches_pytorch_at_sizes_that_are_not_multiples_of_32(rtdetr, rtdetr_program, tmp_path):
+    path = dt.export_onnx(rtdetr_program, tmp_path / "rtdetr.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert max(max_differences(session, rtdetr, RTDETR_SIZES)) <= TOLERANCE
+
+
+def test_torch_export_file_of_an_rtdetr_reloads_and_matches_pytorch_at_two_image_sizes(rtdetr, rtdetr_program,
+                                                                                       tmp_path):
+    loaded = torch.export.load(str(dt.export_torch(rtdetr_program, tmp_path / "rtdetr.pt2"))).module()
+    for b, h, w in RTDETR_SIZES:
+        x = images(b, h, w)
+        for got, ref in zip(loaded(x), eager(rtdetr, x)):
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= TOLERANCE
+
+
+def test_an_rtdetr_does_not_script_and_the_error_names_its_family(rtdetr):
+    for script in (dt.script_model, torch.jit.script):
+        with pytest.raises(ValueError, match=r"the 'rtdetr' family \(RTDETR\).*--format torch-export or onnx"):
+            script(rtdetr)
+
+
 # ------------------------------------------------------------------------------- TorchScript
 # As the official repository's test_all.py: the model, its backbone and its position encodings.
 def test_position_encodings_script_and_match_eager():
@@ -169,10 +239,17 @@ def test_learned_positions_and_pre_norm_script_too():
     assert torch.equal(got["pred_logits"], ref[0]) and torch.equal(got["pred_boxes"], ref[1])
 
 
+def shipped_family() -> str:
+    """The shipped model's family, as its checkpoint's config records it (``from_dict`` fills in
+    what an older checkpoint leaves out)."""
+    return DETRConfig.from_dict(load_checkpoint(SHIPPED_MODEL)["config"]).family
+
+
 def test_the_shipped_family_does_not_script_and_the_error_names_why():
     model = dt.load_shipped_model()
-    assert "the 'conditional' family (ConditionalDETR)" in scripting_blockers(model)
-    with pytest.raises(ValueError, match="'conditional' family.*export it with torch.export or ONNX"):
+    family = shipped_family()
+    assert f"the {family!r} family ({type(model).__name__})" in scripting_blockers(model)
+    with pytest.raises(ValueError, match=f"'{family}' family.*export it with torch.export or ONNX"):
         torch.jit.script(model)
 
 
@@ -232,14 +309,38 @@ def test_export_command_says_in_one_line_that_the_shipped_family_does_not_script
     with warnings.catch_warnings(record=True) as caught:  # a warning would print a line before the error
         warnings.simplefilter("always")
         result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "torchscript", "--out", str(out))
-    assert_one_line_error(result, "torch.jit.script", "'conditional' family", "--format torch-export or onnx")
+    assert_one_line_error(result, "torch.jit.script", f"the {shipped_family()!r} family", "--format torch-export or onnx")
     assert [str(w.message) for w in caught] == []
     assert not out.exists()
 
 
+def test_export_command_writes_a_float16_inference_checkpoint_that_rebuilds_the_model(tmp_path, run):
+    """``--format checkpoint``: how the shipped model is made from a training run's model_final.pth."""
+    from detr_tutorial.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = dt.build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False, hidden_dim=32,
+                           enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1, num_queries=10,
+                           num_classes=3, class_names=["circle", "rectangle", "triangle"], freeze_stem=None)
+    src = save_checkpoint({"format": FORMAT, "config": model.config.to_dict(), "model": model.state_dict(),
+                           "class_names": ["circle", "rectangle", "triangle"], "step": 7,
+                           "optimizer": {"lots": torch.zeros(1000)}}, tmp_path / "model_final.pth")
+    out = tmp_path / "small.pth"
+    result = run("export", "--checkpoint", str(src), "--format", "checkpoint", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    stored = torch.load(out, weights_only=True)
+    assert "optimizer" not in stored and stored["step"] == 7 and stored["class_names"][0] == "circle"
+    assert all(v.dtype == torch.float16 for v in stored["model"].values() if v.is_floating_point())
+    rebuilt = model_from_checkpoint(out).eval()
+    assert type(rebuilt) is type(model)
+    for (name, a), b in zip(model.state_dict().items(), rebuilt.state_dict().values()):
+        torch.testing.assert_close(b, a.half().to(a.dtype) if a.is_floating_point() else a, msg=name)
+
+
 def test_export_command_with_an_unknown_format_is_one_line_and_exit_2(tmp_path, run):
     result = run("export", "--checkpoint", str(SHIPPED_MODEL), "--format", "tflite", "--out", str(tmp_path / "m"))
-    assert_one_line_error(result, "tflite", "onnx", "torch-export")
+    assert_one_line_error(result, "tflite", "onnx", "torch-export", "checkpoint")
 
 
 def test_export_command_with_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, run):

@@ -335,12 +335,21 @@ def test_a_flag_era_config_is_translated_to_its_family():
     assert dt.DETRConfig.from_dict(_flag_era_config()).family == "detr"
 
 
-def test_the_shipped_checkpoint_was_written_with_the_old_flags_and_loads_as_the_conditional_family():
-    from detr_tutorial.checkpoint import SHIPPED_MODEL
+def test_a_checkpoint_written_with_the_old_flags_loads_as_the_conditional_family_with_its_weights(tmp_path):
+    """The shipped model of 2026-11 was such a file: checkpoints trained before families existed
+    keep loading, as the family their flags describe."""
+    from detr_tutorial.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
 
-    stored = torch.load(SHIPPED_MODEL, weights_only=True)["config"]
-    assert "family" not in stored and stored["conditional_spatial_query"] is True
-    assert type(dt.load_shipped_model()) is ConditionalDETR
+    old = _flag_era_config(reference_points=True, conditional_spatial_query=True, encoder_aux_loss=True,
+                           two_stage=True, box_refine=True, position_at_input=True)
+    torch.manual_seed(0)
+    written = dt.build_model(dt.DETRConfig.from_dict(dict(old)))
+    path = save_checkpoint({"format": FORMAT, "config": old, "model": written.state_dict()}, tmp_path / "old.pth")
+    assert "family" not in torch.load(path, weights_only=True)["config"]
+    loaded = model_from_checkpoint(path)
+    assert type(loaded) is ConditionalDETR
+    for (name, a), b in zip(written.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ rounding only: the largest seen, 1.4e-5 on backbone values up to 17, is a relati
 in which a 4608-term convolution sum is added, which differs between CPUs).
 """
 import json
+import math
 from functools import lru_cache
 
 import pytest
@@ -376,6 +377,105 @@ def test_predict_matches_a_direct_forward_on_unnormalized_pixels():
                                atol=1e-5, rtol=0)
 
 
+# -- return_attention: what the attention figures draw ------------------------------------------------
+def _attention_run(image_size=(64, 96)):
+    model = _tiny(dropout=0.0).eval()
+    images = torch.rand(2, 3, *image_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model, images, model(images), model(images, return_attention=True)
+
+
+def test_return_attention_leaves_every_output_unchanged():
+    _, _, plain, with_attention = _attention_run()
+    assert torch.equal(plain["pred_logits"], with_attention["pred_logits"])
+    assert torch.equal(plain["pred_boxes"], with_attention["pred_boxes"])
+
+
+def test_return_attention_gives_aifis_softmax_attention_over_the_coarsest_level():
+    """``enc_attn`` is AIFI's ``softmax(q k^T / sqrt(d_head))`` per head, computed here from the
+    layer's own projections, over the row-major cells of the stride-16 map (64 x 96 -> 4 x 6)."""
+    model, images, _, out = _attention_run()
+    assert out["enc_feature_shape"] == (4, 6)
+    assert out["enc_attn"].shape == (1, 2, 4, 24, 24)  # [AIFI layers, B, heads, hw, hw]
+    torch.testing.assert_close(out["enc_attn"].sum(-1), torch.ones(1, 2, 4, 24))
+    enc = model.encoder
+    with torch.no_grad():
+        canvas = model.pixels(images)[0]  # [0, 1] pixels, no padding at 64 x 96
+        feats = [f for f, _ in model.backbone.stages(canvas, torch.zeros(2, 64, 96, dtype=torch.bool))]
+        src = enc.input_proj[-1](feats[-1]).flatten(2).transpose(1, 2)  # [B, 24, d]
+        qk = src + enc.position_table(len(feats) - 1, 4, 6, src.device)
+        attn = enc.encoder[0].layers[0].self_attn
+        d = attn.embed_dim
+        wq, wk = attn.in_proj_weight[:d], attn.in_proj_weight[d:2 * d]
+        bq, bk = attn.in_proj_bias[:d], attn.in_proj_bias[d:2 * d]
+        q = (qk @ wq.T + bq).view(2, 24, 4, d // 4).transpose(1, 2)  # [B, heads, 24, d_head]
+        k = (qk @ wk.T + bk).view(2, 24, 4, d // 4).transpose(1, 2)
+        expected = (q @ k.transpose(-1, -2) / math.sqrt(d // 4)).softmax(-1)
+    torch.testing.assert_close(out["enc_attn"][0], expected, atol=1e-6, rtol=0)
+
+
+def test_without_aifi_layers_the_encoder_attention_is_empty():
+    """The paper's ablation without AIFI (``enc_layers=0``): no attention to return, the grid
+    still named."""
+    model = _tiny(enc_layers=0).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64), return_attention=True)
+    assert out["enc_attn"].shape == (0, 1, 0, 16, 16) and out["enc_feature_shape"] == (4, 4)
+
+
+def test_return_attention_gives_each_decoder_layers_sampling_points_and_weights():
+    """Every layer's locations and weights are those its cross-attention computed (captured here
+    with a forward hook on ``MSDeformAttn``), and each query's head spreads a weight of 1."""
+    model, images, _, _ = _attention_run()
+    captured = []
+    hooks = [layer.cross_attn.register_forward_hook(lambda _m, _a, _k, result: captured.append(result[1:]),
+                                                    with_kwargs=True)
+             for layer in model.decoder.decoder.layers]
+    try:
+        with torch.no_grad():
+            out = model(images, return_attention=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert out["spatial_shapes"] == [(8, 12), (4, 6)]
+    assert out["dec_sampling_locations"].shape == (2, 2, 6, 4, 2, 4, 2)  # [L_dec, B, Q, M, L, P, 2]
+    assert out["dec_attention_weights"].shape == (2, 2, 6, 4, 2, 4)
+    for layer, (loc, weights) in enumerate(captured):
+        assert torch.equal(out["dec_sampling_locations"][layer], loc)
+        assert torch.equal(out["dec_attention_weights"][layer], weights)
+    torch.testing.assert_close(out["dec_attention_weights"].sum((-1, -2)), torch.ones(2, 2, 6, 4))
+
+
+def test_dec_attn_is_the_splat_of_the_sampling_points_on_the_finest_grid():
+    from detr_tutorial.models.ms_deform_attn import splat_sampling_points
+
+    _, _, _, out = _attention_run()
+    loc, weights = out["dec_sampling_locations"], out["dec_attention_weights"]
+    assert out["feature_shape"] == (8, 12) and out["dec_attn"].shape == (2, 2, 4, 6, 96)  # [L, B, M, Q, hw]
+    expected = splat_sampling_points(loc.flatten(4, 5), weights.flatten(4, 5), (8, 12)).transpose(2, 3)
+    torch.testing.assert_close(out["dec_attn"], expected)
+    # the map holds the weight of every point within the square of cell centres, nothing more
+    x, y = loc[..., 0], loc[..., 1]
+    inside = (x >= 0.5 / 12) & (x <= 1 - 0.5 / 12) & (y >= 0.5 / 8) & (y <= 1 - 0.5 / 8)
+    total = out["dec_attn"].sum(-1).transpose(2, 3)  # [L, B, Q, M]
+    held = (weights * inside).sum((-1, -2))
+    assert torch.all(total >= held - 1e-5) and torch.all(total <= weights.sum((-1, -2)) + 1e-5)
+
+
+def test_padded_images_get_sampling_locations_relative_to_themselves():
+    """A 48 x 64 image is padded to 64 x 64 (RT-DETR needs multiples of 32): its points are
+    rescaled to the image as its boxes are, so y grows by 64 / 48."""
+    model = _tiny(dropout=0.0).eval()
+    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(4))
+    canvas = torch.zeros(1, 3, 64, 64)
+    canvas[0, :, :48] = image
+    with torch.no_grad():
+        padded = model([image], pixels=True, return_attention=True)
+        alone = model(canvas, pixels=True, return_attention=True)
+    expected = alone["dec_sampling_locations"] * torch.tensor([1.0, 64 / 48])
+    torch.testing.assert_close(padded["dec_sampling_locations"], expected)
+
+
 # -- checkpoints and configuration --------------------------------------------------------------------
 def test_a_checkpoint_of_another_size_is_refused_naming_its_sizes():
     model = dt.build_model("rtdetr-r18", **{**REFERENCE_MODEL, "num_classes": 7})
@@ -442,3 +542,37 @@ def test_presnet50_has_bottlenecks_and_the_official_channels():
     assert isinstance(trunk.res_layers[1].blocks[0].short.pool, torch.nn.AvgPool2d)
     feats = trunk.eval()(torch.rand(1, 3, 64, 96))
     assert [tuple(f.shape[1:]) for f in feats] == [(512, 8, 12), (1024, 4, 6), (2048, 2, 3)]
+
+
+# -- anchors of a fixed size in pixels (anchor_pixels, the shipped model's option) -------------------
+@pytest.mark.parametrize("canvas", [96, 128, 176])
+def test_pixel_anchors_are_the_same_size_in_pixels_on_every_canvas(canvas):
+    """The official anchors are 0.05 * 2^l of the canvas; with anchor_pixels they are
+    anchor_pixels * 2^l pixels, whatever the canvas (its side is cells x stride)."""
+    shapes = [[canvas // 8, canvas // 8], [canvas // 16, canvas // 16]]
+    anchors, valid = generate_anchors(shapes, anchor_pixels=8.0, strides=[8, 16])
+    wh = anchors[0, :, 2:].sigmoid() * canvas  # [S, 2] in pixels (every anchor of these shapes is valid)
+    assert bool(valid.all())
+    first = shapes[0][0] * shapes[0][1]
+    torch.testing.assert_close(wh[:first], torch.full_like(wh[:first], 8.0))
+    torch.testing.assert_close(wh[first:], torch.full_like(wh[first:], 16.0))
+    official, _ = generate_anchors(shapes)
+    torch.testing.assert_close(official[0, :first, 2:].sigmoid(), torch.full((first, 2), 0.05))
+    torch.testing.assert_close(anchors[..., :2], official[..., :2])  # the centres do not change
+
+
+def test_pixel_anchors_need_the_strides_and_a_positive_size():
+    with pytest.raises(ValueError, match="anchor_pixels needs a stride per level"):
+        generate_anchors([[8, 8], [4, 4]], anchor_pixels=8.0)
+    for bad in (0, -4.0, float("nan"), "8"):
+        with pytest.raises(ValueError, match="anchor_pixels must be None or a finite number of pixels > 0"):
+            dt.get_config("rtdetr-r18", anchor_pixels=bad)
+
+
+def test_a_model_with_pixel_anchors_uses_them_in_its_query_selection():
+    torch.manual_seed(0)
+    model = dt.build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False,
+                           hidden_dim=32, enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1,
+                           num_queries=10, num_classes=3, freeze_stem=None, anchor_pixels=8.0).eval()
+    anchors, _ = model.decoder.anchors_for([[12, 12], [6, 6]], torch.device("cpu"))
+    assert anchors[0, 0, 2:].sigmoid().mul(96).tolist() == pytest.approx([8.0, 8.0])

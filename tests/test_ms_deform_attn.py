@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from detr_tutorial.models.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn
+from detr_tutorial.models.ms_deform_attn import (MSDeformAttn, level_start_index, ms_deform_attn,
+                                                 splat_sampling_points)
 from reference_data import reference_path
 
 TOL = 1e-5
@@ -281,3 +282,60 @@ def test_module_shape_errors_name_the_argument(change, message):
     module = MSDeformAttn(d_model=8, n_levels=2, n_heads=2, n_points=2)
     with pytest.raises(ValueError, match=message):
         module(**{**_module_inputs(), **change})
+
+
+# --- the splat: sampling points as a map, for pictures ------------------------------------------------
+def test_splat_is_the_adjoint_of_the_sampling_on_its_own_grid():
+    """On a level's own grid the splat gives each cell exactly the weight the sampling gives its
+    value: sum(splat * V) is the weighted bilinear sample of V, for any map V (points near and past
+    the border included)."""
+    torch.manual_seed(0)
+    h, w, k = 3, 5, 7
+    loc = torch.rand(1, 1, 1, 1, k, 2, dtype=torch.float64) * 1.4 - 0.2  # some points off the map
+    weights = torch.rand(1, 1, 1, 1, k, dtype=torch.float64)
+    value = torch.randn(1, h * w, 1, 1, dtype=torch.float64)
+    sampled = ms_deform_attn(value, torch.tensor([[h, w]]), loc, weights).view(())
+    splat = splat_sampling_points(loc.view(k, 2), weights.view(k), (h, w))  # [h * w]
+    assert abs(float((splat * value.view(h * w)).sum() - sampled)) <= 1e-12
+
+
+def test_splat_of_a_point_at_a_cell_centre_puts_its_whole_weight_on_that_cell():
+    h, w = 2, 4
+    loc = torch.tensor([[(2 + 0.5) / w, (1 + 0.5) / h]])  # centre of cell (1, 2)
+    splat = splat_sampling_points(loc, torch.tensor([0.3]), (h, w))
+    expected = torch.zeros(h * w)
+    expected[1 * w + 2] = 0.3
+    assert torch.equal(splat, expected)
+
+
+def test_splat_halfway_between_two_centres_splits_the_weight_evenly():
+    loc = torch.tensor([[0.5, 0.25]])  # between cells (0, 1) and (0, 2) of a 2 x 4 grid
+    splat = splat_sampling_points(loc, torch.tensor([1.0]), (2, 4)).view(2, 4)
+    assert torch.allclose(splat, torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_splat_keeps_the_total_weight_except_what_falls_off_the_grid():
+    # a 2 x 2 grid: inside the square of cell centres all weight stays; on the edge (x = 0, half a
+    # cell beyond the first centre) half of it is lost; a whole cell beyond, all of it
+    loc = torch.tensor([[0.3, 0.6], [0.0, 0.25], [-0.25, 0.5], [0.75, 0.75]])
+    weights = torch.tensor([0.4, 0.2, 0.3, 0.1])
+    kept = [float(splat_sampling_points(loc[i:i + 1], weights[i:i + 1], (2, 2)).sum()) for i in range(4)]
+    assert kept == pytest.approx([0.4, 0.1, 0.0, 0.1])
+
+
+def test_splat_keeps_leading_dimensions_and_rejects_mismatched_shapes():
+    out = splat_sampling_points(torch.rand(2, 3, 5, 2), torch.rand(2, 3, 5), (4, 6))
+    assert out.shape == (2, 3, 24)
+    with pytest.raises(ValueError, match=r"\[\.\.\., K, 2\]"):
+        splat_sampling_points(torch.rand(2, 5, 2), torch.rand(2, 4), (4, 6))
+
+
+def test_module_return_sampling_gives_the_same_output_and_the_sampling_tensors():
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=8, n_levels=2, n_heads=2, n_points=3)
+    shapes = torch.tensor([[4, 4], [2, 2]])
+    args = (torch.randn(1, 5, 8), torch.rand(1, 5, 2, 2), torch.randn(1, 20, 8), shapes, level_start_index(shapes))
+    out, loc, weights = module(*args, return_sampling=True)
+    _, expected_loc, expected_weights = module.sampling(*args)
+    assert torch.equal(out, module(*args))
+    assert torch.equal(loc, expected_loc) and torch.equal(weights, expected_weights)

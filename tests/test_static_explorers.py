@@ -169,6 +169,44 @@ def test_decoder_twin_without_detections_says_why(inference):
     assert "no detection scores above 1.00" in twin.payload["none_message"]
 
 
+@pytest.fixture(scope="module")
+def rt_inference() -> viz.AttentionInference:
+    """A tiny random RT-DETR on a 64 x 96 image: AIFI on a 4 x 6 grid, decoder maps on 8 x 12."""
+    torch.manual_seed(0)
+    model = dt.build_model("rtdetr-r18", num_classes=3, backbone="smallcnn", backbone_norm="bn",
+                           backbone_stride=16, pretrained_backbone=False, hidden_dim=32, enc_nheads=4,
+                           enc_dim_feedforward=64, dec_nheads=4, dec_dim_feedforward=64, dec_layers=2,
+                           num_queries=6, num_denoising=4, eval_spatial_size=None, expansion=0.5,
+                           freeze_stem=None)
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    return viz.run_attention(model, image, class_names=["circle", "square", "triangle"])
+
+
+def test_rtdetr_twins_carry_each_their_own_grid(rt_inference):
+    assert se.pack_encoder(rt_inference)["feature_shape"] == [4, 6]
+    assert se.pack_decoder(rt_inference, threshold=0.0)["feature_shape"] == [8, 12]
+
+
+@pytest.mark.parametrize("head", ["mean", 2])
+def test_rtdetr_encoder_twin_map_equals_the_package_map(rt_inference, head):
+    payload = viz.static_encoder_explorer(rt_inference, lang="en").payload
+    for point in [(0, 0), (40, 50), (95, 63)]:
+        expected = viz.encoder_attention_map(rt_inference, point, head=head)
+        shown = viz.encoder_map_from_payload(payload, point, head=head)
+        assert shown.shape == expected.shape == (4, 6)
+        assert np.abs(shown - expected).max() <= expected.max() / 255 / 2 * (1 + 1e-4) + 1e-8
+
+
+@pytest.mark.parametrize("head", ["mean", 3])
+def test_rtdetr_decoder_twin_map_is_the_splatted_map(rt_inference, head):
+    payload = viz.static_decoder_explorer(rt_inference, threshold=0.0, lang="en").payload
+    for query in payload["queries"]:
+        expected = viz.decoder_attention_map(rt_inference, query, layer=0, head=head)
+        shown = viz.decoder_map_from_payload(payload, query, layer=0, head=head)
+        assert shown.shape == expected.shape == (8, 12)
+        assert np.abs(shown - expected).max() <= expected.max() / 255 / 2 * (1 + 1e-4) + 1e-8
+
+
 GRID = (0.0, 0.5, 2.0, 5.0)
 
 

@@ -279,6 +279,121 @@ def test_decoder_attention_figure_has_two_axes_and_the_grid_two_per_detection(mo
     assert len(grid.axes) == 6
 
 
+# -- RT-DETR: AIFI on a coarse grid, deformable cross-attention -------------------------------
+RT_HEIGHT, RT_WIDTH = 64, 96  # strides 8 and 16: a 8 x 12 finest level, AIFI on 4 x 6
+
+
+@pytest.fixture(scope="module")
+def rtdetr() -> torch.nn.Module:
+    """A tiny random RT-DETR (2 levels, 4 heads, 4 points, 2 decoder layers, 6 queries)."""
+    torch.manual_seed(0)
+    return dt.build_model("rtdetr-r18", num_classes=3, backbone="smallcnn", backbone_norm="bn",
+                          backbone_stride=16, pretrained_backbone=False, hidden_dim=32, enc_nheads=4,
+                          enc_dim_feedforward=64, dec_nheads=4, dec_dim_feedforward=64, dec_layers=2,
+                          num_queries=6, num_denoising=4, eval_spatial_size=None, expansion=0.5,
+                          freeze_stem=None).eval()
+
+
+@pytest.fixture(scope="module")
+def rt_image() -> torch.Tensor:
+    return torch.rand(3, RT_HEIGHT, RT_WIDTH, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def rt_reference(rtdetr, rt_image) -> dict:
+    with torch.no_grad():
+        return rtdetr(((rt_image - MEAN) / STD)[None], return_attention=True)
+
+
+@pytest.fixture(scope="module")
+def rt_inference(rtdetr, rt_image) -> viz.AttentionInference:
+    return viz.run_attention(rtdetr, rt_image)
+
+
+def test_a_dense_model_has_one_grid_for_encoder_and_decoder_and_no_sampling_points(model, image):
+    inference = viz.run_attention(model, image)
+    assert inference.encoder_shape == inference.decoder_shape == inference.feature_shape == (3, 4)
+    assert not inference.deformable and inference.dec_sampling_locations is None
+
+
+def test_rtdetr_inference_has_the_coarse_aifi_grid_and_the_finest_level_for_the_decoder(rt_inference):
+    assert rt_inference.deformable
+    assert rt_inference.encoder_shape == (4, 6) and rt_inference.decoder_shape == (8, 12)
+    assert rt_inference.enc_attn.shape == (1, 4, 24, 24)  # [AIFI layers, heads, hw, hw]
+    assert rt_inference.dec_attn.shape == (2, 4, 6, 96)  # [L_dec, heads, Q, h'w']
+    assert rt_inference.dec_sampling_locations.shape == (2, 4, 6, 2, 4, 2)  # [L_dec, M, Q, L, P, 2]
+    assert rt_inference.spatial_shapes == [(8, 12), (4, 6)]
+
+
+def test_rtdetr_detections_are_one_per_query_its_best_pair_of_the_top_k(rtdetr, rt_image, rt_inference):
+    """RT-DETR's post-processing keeps the top-k (query, class) pairs; the figures index
+    detections by query, so each query keeps the pair of it that ranks first."""
+    pairs = dt.predict(rtdetr, rt_image, threshold=0.0)[0]
+    assert len(rt_inference.scores) == rt_inference.num_queries == 6
+    for q in range(6):
+        first = int(torch.nonzero(pairs["query"] == q)[0])
+        assert rt_inference.scores[q] == pytest.approx(float(pairs["scores"][first]), abs=1e-6)
+        assert int(rt_inference.labels[q]) == int(pairs["labels"][first])
+        torch.testing.assert_close(rt_inference.boxes[q], pairs["boxes"][first], atol=1e-4, rtol=0)
+
+
+def test_rtdetr_encoder_map_is_the_points_row_of_aifis_attention(rtdetr, rt_image, rt_reference):
+    explorer = viz.EncoderAttentionExplorer(rtdetr, rt_image)
+    explorer.x_slider.value, explorer.y_slider.value = 40, 50  # AIFI cell (50 // 16, 40 // 16) = (3, 2)
+    explorer.head_dropdown.value = 2
+    assert explorer.current_cell == (3, 2)
+    expected = rt_reference["enc_attn"][0, 0, 2, 3 * 6 + 2].reshape(4, 6).numpy()
+    np.testing.assert_allclose(explorer.current_map, expected, atol=1e-6)
+    assert explorer.current_map.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rtdetr_decoder_map_is_the_splat_of_the_querys_sampling_points(rtdetr, rt_image, rt_reference):
+    """The explorer's map of a detection is its query's points splatted onto the 8 x 12 grid,
+    computed here by hand: each weight goes to the four surrounding cell centres, bilinearly."""
+    explorer = viz.DecoderAttentionExplorer(rtdetr, rt_image, threshold=0.0)
+    query = explorer.detections[1]
+    explorer.detection_dropdown.value = query
+    explorer.layer_dropdown.value = 0
+    explorer.head_dropdown.value = 1
+    loc = rt_reference["dec_sampling_locations"][0, 0, query, 1].reshape(-1, 2)  # [L * P, 2]
+    weights = rt_reference["dec_attention_weights"][0, 0, query, 1].reshape(-1)
+    expected = np.zeros((8, 12))
+    for (x, y), wt in zip(loc.tolist(), weights.tolist()):
+        px, py = x * 12 - 0.5, y * 8 - 0.5
+        x0, y0 = int(np.floor(px)), int(np.floor(py))
+        for cx, cy in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+            if 0 <= cx < 12 and 0 <= cy < 8:
+                expected[cy, cx] += wt * (1 - abs(px - cx)) * (1 - abs(py - cy))
+    np.testing.assert_allclose(explorer.current_map, expected, atol=1e-6)
+
+
+def test_sampling_points_of_one_head_are_its_locations_in_pixels_with_weights_summing_to_one(
+        rt_inference, rt_reference):
+    points = viz.decoder_sampling_points(rt_inference, query=3, layer=-1, head=2)
+    loc = rt_reference["dec_sampling_locations"][-1, 0, 3, 2].reshape(-1, 2)
+    np.testing.assert_allclose(points["xy"], (loc * torch.tensor([RT_WIDTH, RT_HEIGHT])).numpy(), atol=1e-4)
+    assert points["weight"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert points["level"].tolist() == [0] * 4 + [1] * 4 and set(points["head"].tolist()) == {2}
+
+
+def test_sampling_points_of_the_mean_are_every_heads_with_weights_divided_by_the_heads(rt_inference):
+    points = viz.decoder_sampling_points(rt_inference, query=0, head="mean")
+    assert len(points["weight"]) == 4 * 2 * 4  # heads x levels x points
+    assert points["weight"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_decoder_sampling_figure_has_one_panel_per_detection(rt_inference):
+    fig = viz.decoder_sampling_figure(rt_inference, threshold=0.0, max_columns=3)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert len(fig.axes[0].collections) == 2  # one scatter per level
+
+
+def test_a_dense_model_has_no_sampling_points_to_draw(model, image):
+    inference = viz.run_attention(model, image)
+    with pytest.raises(ValueError, match="attends densely"):
+        viz.decoder_sampling_figure(inference, threshold=0.0)
+
+
 # -- matching explorer --------------------------------------------------------------------------
 def _disagreeing_outputs() -> tuple:
     """Two queries, two objects: by class q0 belongs to gt0, by box q0 belongs to gt1."""

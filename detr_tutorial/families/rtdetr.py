@@ -32,10 +32,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..config import DETRConfig
 from ..image_io import IMAGENET_MEAN, IMAGENET_STD
 from ..models.detr import build_trunk
+from ..models.ms_deform_attn import splat_sampling_points
 from ..models.presnet import build_presnet
 from ..nested import NestedTensor, to_nested
 from .rtdetr_decoder import RTDETRTransformer
@@ -88,8 +90,13 @@ class RTDETR(nn.Module):
         if not pixels:
             x = x * self.pixel_std.to(x.dtype) + self.pixel_mean.to(x.dtype)
         h, w = x.shape[-2:]
-        hp, wp = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
-        if not bool(mask.any()) and (hp, wp) == (h, w):
+        hp, wp = (h + 31) // 32 * 32, (w + 31) // 32 * 32  # integer ops: a traced program saves them
+        # A plain tensor has no padding: its mask is not read (``mask.any()`` is data-dependent,
+        # which torch.export cannot trace). Under torch.export the sides are symbolic and the
+        # multiple-of-32 shortcut is not known statically: the general path pads by zero or more
+        # pixels and scales by one or more, the same numbers, without a guard on the image size.
+        unpadded = isinstance(samples, Tensor) or not bool(mask.any())
+        if unpadded and statically_known_true(hp == h) and statically_known_true(wp == w):
             return x, None
         x = F.pad(x.masked_fill(mask[:, None], 0.0), (0, wp - w, 0, hp - h))
         heights = (~mask[:, :, 0]).sum(1).to(x.dtype)  # [B]
@@ -98,28 +105,70 @@ class RTDETR(nn.Module):
         return x, torch.stack([sx, sy, sx, sy], -1)[:, None, :]
 
     def forward_with_intermediates(self, samples: Samples, targets: Optional[Sequence[dict]] = None,
-                                   pixels: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                                   pixels: bool = False, keep_attention: bool = False
+                                   ) -> tuple[dict[str, Any], dict[str, Any]]:
         """:meth:`forward`'s outputs and the stages: ``images`` (the ``[0, 1]`` canvas),
-        ``backbone_features``, ``encoder_outputs`` and the decoder's (``memory``, ``enc_outputs_class``,
-        ``target``, ``ref_unact``, ``enc_topk_*``, ``decoder_layer_outputs``, ``dn``)."""
+        ``backbone_features``, ``encoder_outputs``, ``enc_attn`` and ``enc_grid`` (AIFI's weights and
+        grid, see :meth:`HybridEncoder.forward_with_attention`; None unless ``keep_attention``) and
+        the decoder's (``memory``, ``enc_outputs_class``, ``target``, ``ref_unact``, ``enc_topk_*``,
+        ``decoder_layer_outputs``, ``decoder_sampling``, ``dn``)."""
         x, scale = self.pixels(samples, pixels)
         if scale is not None and targets is not None:
             targets = [dict(t, boxes=t["boxes"] / s[0].to(t["boxes"])) for t, s in zip(targets, scale)]
         mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=x.device)
         feats = [f for f, _ in self.backbone.stages(x, mask)]
-        enc = self.encoder(feats)
+        enc_attn = enc_grid = None
+        if keep_attention:
+            enc, enc_attn, enc_grid = self.encoder.forward_with_attention(feats)
+        else:
+            enc = self.encoder(feats)
         out, inter = self.decoder.forward_with_intermediates(enc, targets)
         if scale is not None:
             out = _scale_boxes(out, scale)
-        return out, dict(inter, images=x, scale=scale, backbone_features=feats, encoder_outputs=enc)
+        return out, dict(inter, images=x, scale=scale, backbone_features=feats, encoder_outputs=enc,
+                         enc_attn=enc_attn, enc_grid=enc_grid)
 
     def forward(self, samples: Samples, targets: Optional[Sequence[dict]] = None, pixels: bool = False,
                 return_attention: bool = False) -> dict[str, Any]:
-        """ImageNet-normalized images (``pixels=True``: RGB in ``[0, 1]``) -> the outputs above."""
-        if return_attention:
-            raise ValueError("RT-DETR has no attention maps over the image to return (its decoder samples "
-                             "points: MSDeformAttn.sampling gives them)")
-        return self.forward_with_intermediates(samples, targets, pixels)[0]
+        """ImageNet-normalized images (``pixels=True``: RGB in ``[0, 1]``) -> the outputs above.
+
+        ``return_attention=True`` adds what the attention figures draw (the other outputs are the
+        same tensors, bit for bit):
+
+        - ``enc_attn [L_enc, B, heads, hw, hw]``: AIFI's self-attention over the ``h x w`` cells of
+          the coarsest level (the only level with attention in the encoder), rows summing to 1, and
+          ``enc_feature_shape`` ``(h, w)``;
+        - ``dec_sampling_locations [L_dec, B, Q, M, L, P, 2]`` and ``dec_attention_weights
+          [L_dec, B, Q, M, L, P]``: each decoder layer's deformable cross-attention, ``P`` points per
+          head ``m`` and level ``l``, ``(x, y)`` relative to the *image* as ``pred_boxes`` are (a padded
+          canvas is undone; a point on the padding lies beyond 1); the weights sum to 1 over the
+          ``L * P`` points of a query and head;
+        - ``spatial_shapes``: ``(H_l, W_l)`` of each level;
+        - ``dec_attn [L_dec, B, M, Q, h0 * w0]`` on ``feature_shape`` ``(h0, w0)``, the finest level's
+          grid: the points' weights splatted bilinearly onto that grid laid over the image
+          (:func:`~detr_tutorial.models.ms_deform_attn.splat_sampling_points`), so the heatmaps of
+          dense DETR models can show where a query put its weight. It is not a softmax over cells:
+          a map sums to 1 minus the weight of points within half a cell of the border or outside.
+
+        The decoder queries are the ``Q`` matching queries (training-time denoising queries are
+        left out). In eval mode only the layers up to ``eval_idx`` run, so ``L_dec`` counts those.
+        """
+        out, inter = self.forward_with_intermediates(samples, targets, pixels, keep_attention=return_attention)
+        if not return_attention:
+            return out
+        q = self.num_queries
+        locations = torch.stack([loc[:, -q:] for loc, _ in inter["decoder_sampling"]])  # [L_dec, B, Q, M, L, P, 2]
+        weights = torch.stack([w[:, -q:] for _, w in inter["decoder_sampling"]])  # [L_dec, B, Q, M, L, P]
+        if inter["scale"] is not None:  # canvas-relative -> image-relative (x, y), as the boxes
+            locations = locations * inter["scale"][None, :, None, None, None, :, :2].to(locations.dtype)
+        grid = tuple(inter["spatial_shapes"][0])
+        n_layers, b, _, m, nl, p, _ = locations.shape
+        dense = splat_sampling_points(locations.reshape(n_layers, b, q, m, nl * p, 2),
+                                      weights.reshape(n_layers, b, q, m, nl * p), grid)  # [L_dec, B, Q, M, h0*w0]
+        return dict(out, enc_attn=inter["enc_attn"], enc_feature_shape=tuple(inter["enc_grid"]),
+                    dec_sampling_locations=locations, dec_attention_weights=weights,
+                    spatial_shapes=[tuple(hw) for hw in inter["spatial_shapes"]],
+                    dec_attn=dense.transpose(2, 3), feature_shape=grid)
 
     # -- class heads (fine-tuning on other classes) -------------------------------------------------
     def class_heads(self) -> list[nn.Linear]:
@@ -154,7 +203,9 @@ class RTDETR(nn.Module):
             self.config = self.config.replace(num_classes=num_classes, class_names=list(class_names) if class_names else None)
 
     def __prepare_scriptable__(self) -> nn.Module:
-        raise ValueError("the rtdetr family cannot be compiled with torch.jit.script (use torch.export)")
+        from ..models.scriptable import scripting_blockers, scripting_error
+
+        raise scripting_error(scripting_blockers(self))
 
 
 def _trunk(cfg: DETRConfig) -> nn.Module:
@@ -180,7 +231,7 @@ def build_model(cfg: DETRConfig) -> RTDETR:
         nhead=cfg.dec_nheads, num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dec_dim_feedforward,
         dropout=cfg.dropout, num_denoising=cfg.num_denoising, label_noise_ratio=cfg.label_noise_ratio,
         box_noise_scale=cfg.box_noise_scale, eval_spatial_size=cfg.eval_spatial_size, feat_strides=strides,
-        eval_idx=cfg.eval_idx, aux_loss=cfg.aux_loss,
+        eval_idx=cfg.eval_idx, aux_loss=cfg.aux_loss, anchor_pixels=cfg.anchor_pixels,
     )
     model = RTDETR(backbone, encoder, decoder)
     model.config = cfg

@@ -26,11 +26,12 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..models.detr import MLP
 from ..models.ms_deform_attn import MSDeformAttn
@@ -40,17 +41,27 @@ __all__ = ["RTDETRDecoderLayer", "RTDETRTransformer", "generate_anchors"]
 
 
 def generate_anchors(spatial_shapes: Sequence[Sequence[int]], grid_size: float = 0.05, eps: float = 0.01,
-                     device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
+                     device: Optional[torch.device] = None, anchor_pixels: Optional[float] = None,
+                     strides: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
     """Anchors ``[1, S, 4]`` (logit space, ``+inf`` where invalid) and ``valid_mask [1, S, 1]``.
 
     Level ``l``'s anchors are its cells' centres ``((x + 0.5) / W, (y + 0.5) / H)`` with width and
     height ``grid_size * 2^l``, row-major; valid when all four numbers are in ``(eps, 1 - eps)``.
+    With ``anchor_pixels`` (and the levels' ``strides``) the width and height are instead
+    ``anchor_pixels * 2^l`` pixels of the canvas (``W * stride`` by ``H * stride`` pixels): the same
+    size in pixels whatever the canvas, so a cell's box regression need not know the image size.
     """
+    if anchor_pixels is not None and (strides is None or len(strides) < len(spatial_shapes)):
+        raise ValueError(f"anchor_pixels needs a stride per level: {len(spatial_shapes)} levels, strides {strides}")
     anchors = []
     for lvl, (h, w) in enumerate(spatial_shapes):
         gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
         xy = (torch.stack([gx, gy], -1)[None] + 0.5) / torch.tensor([w, h], dtype=torch.float32)
-        wh = torch.ones_like(xy) * grid_size * (2.0 ** lvl)
+        if anchor_pixels is None:
+            wh = torch.ones_like(xy) * grid_size * (2.0 ** lvl)
+        else:  # [w, h] of the canvas in pixels -> the anchor's fraction of it
+            canvas = torch.tensor([w, h], dtype=torch.float32) * strides[lvl]
+            wh = torch.ones_like(xy) * anchor_pixels * (2.0 ** lvl) / canvas
         anchors.append(torch.cat([xy, wh], -1).reshape(-1, h * w, 4))
     anchor = torch.cat(anchors, 1).to(device)
     valid = ((anchor > eps) * (anchor < 1 - eps)).all(-1, keepdim=True)
@@ -76,18 +87,29 @@ class RTDETRDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Tensor,
-                level_start_index: Tensor, attn_mask: Optional[Tensor] = None,
-                query_pos_embed: Optional[Tensor] = None) -> Tensor:
-        """``reference_points [B, Q, 4]`` boxes in ``[0, 1]`` (the same box on every level)."""
+    def forward(self, tgt: Tensor, reference_points: Tensor, memory: Tensor,
+                spatial_shapes: Union[Tensor, Sequence[Sequence[int]]], level_start_index: Union[Tensor, Sequence[int]],
+                attn_mask: Optional[Tensor] = None,
+                query_pos_embed: Optional[Tensor] = None, return_sampling: bool = False
+                ) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """``reference_points [B, Q, 4]`` boxes in ``[0, 1]`` (the same box on every level).
+
+        ``return_sampling=True`` returns ``(output, sampling_locations [B, Q, M, L, P, 2],
+        attention_weights [B, Q, M, L, P])``: where the cross-attention read (``(x, y)`` in ``[0, 1]``
+        of each level's map) and with what weight (summing to 1 over the ``L * P`` points of a query
+        and head); the output is the same tensor either way.
+        """
         q = k = tgt if query_pos_embed is None else tgt + query_pos_embed
         attn, _ = self.self_attn(q, k, value=tgt, attn_mask=attn_mask, need_weights=False)
         tgt = self.norm1(tgt + self.dropout1(attn))
         query = tgt if query_pos_embed is None else tgt + query_pos_embed
-        ref = reference_points[:, :, None].expand(-1, -1, spatial_shapes.shape[0], -1)  # [B, Q, L, 4]
-        tgt = self.norm2(tgt + self.dropout2(self.cross_attn(query, ref, memory, spatial_shapes, level_start_index)))
+        ref = reference_points[:, :, None].expand(-1, -1, len(spatial_shapes), -1)  # [B, Q, L, 4]
+        cross, locations, weights = self.cross_attn(query, ref, memory, spatial_shapes, level_start_index,
+                                                    return_sampling=True)
+        tgt = self.norm2(tgt + self.dropout2(cross))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
-        return self.norm3((tgt + self.dropout4(ffn)).clamp(min=-65504, max=65504))
+        out = self.norm3((tgt + self.dropout4(ffn)).clamp(min=-65504, max=65504))
+        return (out, locations, weights) if return_sampling else out
 
 
 class _Decoder(nn.Module):
@@ -113,6 +135,8 @@ class RTDETRTransformer(nn.Module):
             (:mod:`detr_tutorial.families.rtdetr_denoising`); ``num_denoising=0`` switches them off.
         eval_spatial_size: ``(h, w)``: anchors precomputed for it (other sizes compute theirs).
         eval_idx: the layer whose predictions inference returns (``-1``: the last).
+        anchor_pixels: anchors of ``anchor_pixels * 2^l`` pixels (``None``: the official ``0.05 * 2^l``
+            of the canvas; see :func:`generate_anchors`).
     """
 
     def __init__(self, num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
@@ -120,12 +144,14 @@ class RTDETRTransformer(nn.Module):
                  nhead: int = 8, num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0,
                  num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
                  eval_spatial_size: Optional[Sequence[int]] = None, feat_strides: Sequence[int] = (8, 16, 32),
-                 eval_idx: int = -1, eps: float = 1e-2, aux_loss: bool = True) -> None:
+                 eval_idx: int = -1, eps: float = 1e-2, aux_loss: bool = True,
+                 anchor_pixels: Optional[float] = None) -> None:
         super().__init__()
         if len(feat_channels) > num_levels:
             raise ValueError(f"num_levels ({num_levels}) must be at least the number of maps ({len(feat_channels)})")
         self.hidden_dim, self.nhead, self.num_levels = hidden_dim, nhead, num_levels
         self.num_classes, self.num_queries, self.eps = num_classes, num_queries, eps
+        self.anchor_pixels = anchor_pixels
         self.num_decoder_layers, self.aux_loss = num_decoder_layers, aux_loss
         self.feat_strides = list(feat_strides) + [feat_strides[-1] * 2 ** (i + 1) for i in range(num_levels - len(feat_strides))]
         self.eval_spatial_size = None if eval_spatial_size is None else tuple(eval_spatial_size)
@@ -142,7 +168,7 @@ class RTDETRTransformer(nn.Module):
         self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes) for _ in range(num_decoder_layers))
         self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_decoder_layers))
         if self.eval_spatial_size is not None:
-            anchors, valid = generate_anchors(self._eval_shapes(), eps=eps)
+            anchors, valid = generate_anchors(self._eval_shapes(), eps=eps, **self._anchor_options())
             self.register_buffer("anchors", anchors, persistent=False)
             self.register_buffer("valid_mask", valid, persistent=False)
         self._reset_parameters()
@@ -182,7 +208,7 @@ class RTDETRTransformer(nn.Module):
         proj = [self.input_proj[i](f) for i, f in enumerate(feats)]
         for i in range(len(feats), self.num_levels):
             proj.append(self.input_proj[i](feats[-1] if i == len(feats) else proj[-1]))
-        shapes = [[int(p.shape[2]), int(p.shape[3])] for p in proj]
+        shapes = [[p.shape[2], p.shape[3]] for p in proj]  # no int(): under torch.export they stay symbolic
         starts = [0]
         for h, w in shapes[:-1]:
             starts.append(starts[-1] + h * w)
@@ -190,9 +216,16 @@ class RTDETRTransformer(nn.Module):
 
     def anchors_for(self, shapes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
         """The precomputed anchors in eval mode at ``eval_spatial_size``, else fresh ones (same values)."""
-        if not self.training and self.eval_spatial_size is not None and shapes == self._eval_shapes():
+        if not self.training and self.eval_spatial_size is not None and all(  # no guard on a traced size
+                statically_known_true(a == b) for hw, ref in zip(shapes, self._eval_shapes()) for a, b in zip(hw, ref)):
             return self.anchors.to(device), self.valid_mask.to(device)
-        return generate_anchors(shapes, eps=self.eps, device=device)
+        return generate_anchors(shapes, eps=self.eps, device=device, **self._anchor_options())
+
+    def _anchor_options(self) -> dict[str, Any]:
+        """``generate_anchors``' size options: ``anchor_pixels`` and the levels' strides, when set."""
+        if self.anchor_pixels is None:
+            return {}
+        return {"anchor_pixels": self.anchor_pixels, "strides": self.feat_strides}
 
     def select_queries(self, memory: Tensor, shapes: list[list[int]]) -> dict[str, Tensor]:
         """IoU-aware query selection: ``enc_outputs_class [B, S, C]``, ``topk_ind [B, Q]``,
@@ -212,16 +245,22 @@ class RTDETRTransformer(nn.Module):
                 "ref_unact": ref_unact, "enc_topk_logits": gather(enc_class), "enc_topk_bboxes": ref_unact.sigmoid()}
 
     def run_decoder(self, target: Tensor, ref_unact: Tensor, memory: Tensor, shapes: list[list[int]],
-                    starts: list[int], attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Boxes ``[L', B, Q, 4]``, logits ``[L', B, Q, C]`` (training: every layer; eval: ``eval_idx``'s)
-        and the layers' outputs (each ``[B, Q, d]``, up to the last one run)."""
-        spatial = torch.as_tensor(shapes, dtype=torch.long, device=memory.device)
-        level_start = torch.as_tensor(starts, dtype=torch.long, device=memory.device)
+                    starts: list[int], attn_mask: Optional[Tensor] = None
+                    ) -> tuple[Tensor, Tensor, list[Tensor], list[tuple[Tensor, Tensor]]]:
+        """Boxes ``[L', B, Q, 4]``, logits ``[L', B, Q, C]`` (training: every layer; eval: ``eval_idx``'s),
+        the layers' outputs (each ``[B, Q, d]``, up to the last one run) and, per layer run, its
+        cross-attention's ``(sampling_locations [B, Q, M, L, P, 2], attention_weights [B, Q, M, L, P])``
+        (tensors the layer computes anyway; keeping them costs no computation)."""
+        # the shapes as Python lists, not tensors: MSDeformAttn would read a tensor back with .tolist(),
+        # which torch.export cannot trace (the sizes would become data)
+        spatial, level_start = shapes, starts
         output, ref_detach, ref = target, ref_unact.sigmoid(), None
-        boxes, logits, outputs = [], [], []
+        boxes, logits, outputs, sampling = [], [], [], []
         for i, layer in enumerate(self.decoder.layers):
-            output = layer(output, ref_detach, memory, spatial, level_start, attn_mask, self.query_pos_head(ref_detach))
+            output, locations, weights = layer(output, ref_detach, memory, spatial, level_start, attn_mask,
+                                               self.query_pos_head(ref_detach), return_sampling=True)
             outputs.append(output)
+            sampling.append((locations, weights))
             inter = torch.sigmoid(self.dec_bbox_head[i](output) + inverse_sigmoid(ref_detach))
             if self.training:
                 logits.append(self.dec_score_head[i](output))
@@ -232,12 +271,13 @@ class RTDETRTransformer(nn.Module):
                 break
             ref = inter
             ref_detach = inter.detach() if self.training else inter
-        return torch.stack(boxes), torch.stack(logits), outputs
+        return torch.stack(boxes), torch.stack(logits), outputs, sampling
 
     def forward_with_intermediates(self, feats: Sequence[Tensor], targets: Optional[Sequence[dict]] = None
                                    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """:meth:`forward`'s outputs, and ``memory``, ``spatial_shapes``, ``level_start_index``,
-        the :meth:`select_queries` tensors, ``decoder_layer_outputs`` and ``dn`` (the denoising group)."""
+        the :meth:`select_queries` tensors, ``decoder_layer_outputs``, ``decoder_sampling`` (see
+        :meth:`run_decoder`; denoising queries first in training) and ``dn`` (the denoising group)."""
         memory, shapes, starts = self.memory(feats)
         dn_class = dn_box = attn_mask = dn_meta = None
         if self.training and self.num_denoising > 0 and targets is not None:
@@ -248,7 +288,8 @@ class RTDETRTransformer(nn.Module):
         target, ref_unact = sel["target"], sel["ref_unact"]
         if dn_class is not None:
             target, ref_unact = torch.cat([dn_class, target], 1), torch.cat([dn_box, ref_unact], 1)
-        out_boxes, out_logits, layer_outputs = self.run_decoder(target, ref_unact.detach(), memory, shapes, starts, attn_mask)
+        out_boxes, out_logits, layer_outputs, sampling = self.run_decoder(target, ref_unact.detach(), memory, shapes,
+                                                                          starts, attn_mask)
         if dn_meta is not None:
             dn_boxes, out_boxes = torch.split(out_boxes, dn_meta["dn_num_split"], dim=2)
             dn_logits, out_logits = torch.split(out_logits, dn_meta["dn_num_split"], dim=2)
@@ -260,7 +301,8 @@ class RTDETRTransformer(nn.Module):
                 out["dn_aux_outputs"] = [{"pred_logits": c, "pred_boxes": b} for c, b in zip(dn_logits, dn_boxes)]
                 out["dn_meta"] = dn_meta
         inter = dict(sel, memory=memory, spatial_shapes=shapes, level_start_index=starts,
-                     decoder_layer_outputs=layer_outputs, dn=(dn_class, dn_box, attn_mask, dn_meta))
+                     decoder_layer_outputs=layer_outputs, decoder_sampling=sampling,
+                     dn=(dn_class, dn_box, attn_mask, dn_meta))
         return out, inter
 
     def forward(self, feats: Sequence[Tensor], targets: Optional[Sequence[dict]] = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = ["ConvNormLayer", "RepVggBlock", "CSPRepLayer", "AIFILayer", "HybridEncoder",
            "build_2d_sincos_position_embedding"]
@@ -40,8 +41,9 @@ def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, tem
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"the 2-D sin-cos embedding needs embed_dim divisible by 4, got {embed_dim}")
-    grid_w, grid_h = torch.meshgrid(torch.arange(int(w), dtype=torch.float32),
-                                    torch.arange(int(h), dtype=torch.float32), indexing="ij")
+    # no int(): under torch.export the sizes are symbolic and int() would fix them
+    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32),
+                                    torch.arange(h, dtype=torch.float32), indexing="ij")
     pos_dim = embed_dim // 4
     omega = 1.0 / (temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim))
     out_w = grid_w.flatten()[:, None] @ omega[None]  # [w * h, d / 4]
@@ -113,6 +115,13 @@ class AIFILayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = nn.GELU()
 
+    def attention_weights(self, src: Tensor, pos_embed: Optional[Tensor] = None) -> Tensor:
+        """The self-attention weights this layer applies to ``src``: ``[B, heads, S, S]``, rows
+        (queries) summing to 1 over the keys. A second call of ``self_attn`` with the same inputs,
+        asking for its weights, so :meth:`forward` (which does not ask) stays as it is."""
+        q = k = src if pos_embed is None else src + pos_embed
+        return self.self_attn(q, k, value=src, need_weights=True, average_attn_weights=False)[1]
+
     def forward(self, src: Tensor, pos_embed: Optional[Tensor] = None) -> Tensor:
         q = k = src if pos_embed is None else src + pos_embed
         attn, _ = self.self_attn(q, k, value=src, need_weights=False)
@@ -132,6 +141,14 @@ class _Encoder(nn.Module):
         for layer in self.layers:
             src = layer(src, pos_embed=pos_embed)
         return src
+
+    def forward_with_attention(self, src: Tensor, pos_embed: Optional[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`forward`'s output and each layer's self-attention weights ``[B, heads, S, S]``."""
+        weights = []
+        for layer in self.layers:
+            weights.append(layer.attention_weights(src, pos_embed))
+            src = layer(src, pos_embed=pos_embed)
+        return src, weights
 
 
 class HybridEncoder(nn.Module):
@@ -182,22 +199,31 @@ class HybridEncoder(nn.Module):
         """``[1, h * w, d]``: the stored table when it has this size, else a fresh one (same values)."""
         stride = self.feat_strides[idx]
         size = self.eval_spatial_size
-        if size is not None and (size[0] // stride, size[1] // stride) == (h, w):
+        if size is not None and statically_known_true(h == size[0] // stride) and statically_known_true(
+                w == size[1] // stride):  # a traced (symbolic) size builds its table: no guard on the size
             return getattr(self, f"pos_embed{idx}").to(device)
         return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(device)
 
     def aifi(self, proj_feats: list[Tensor]) -> list[Tensor]:
         """AIFI on the coarsest level: ``[B, d, h, w]`` -> flattened row-major ``[B, h*w, d]`` ->
         encoder layers -> back to ``[B, d, h, w]``; the other levels pass through."""
-        out = list(proj_feats)
+        return self._aifi(proj_feats, keep_attention=False)[0]
+
+    def _aifi(self, proj_feats: list[Tensor], keep_attention: bool) -> tuple[list[Tensor], list[Tensor]]:
+        out, weights = list(proj_feats), []
         if self.num_encoder_layers == 0:
-            return out
+            return out, weights
         for i, idx in enumerate(self.use_encoder_idx):
             h, w = out[idx].shape[2:]
             src = out[idx].flatten(2).permute(0, 2, 1)  # [B, h*w, d]
-            memory = self.encoder[i](src, self.position_table(idx, h, w, src.device).to(src.dtype))
+            pos = self.position_table(idx, h, w, src.device).to(src.dtype)
+            if keep_attention:
+                memory, layer_weights = self.encoder[i].forward_with_attention(src, pos)
+                weights.extend(layer_weights)
+            else:
+                memory = self.encoder[i](src, pos)
             out[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
-        return out
+        return out, weights
 
     def ccfm(self, feats: list[Tensor]) -> list[Tensor]:
         """Top-down FPN then bottom-up PAN; ``L`` maps ``[B, d, H_l, W_l]`` in and out, finest first."""
@@ -219,3 +245,23 @@ class HybridEncoder(nn.Module):
         if len(feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(feats)}")
         return self.ccfm(self.aifi([proj(f) for proj, f in zip(self.input_proj, feats)]))
+
+    def forward_with_attention(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor, tuple[int, int]]:
+        """:meth:`forward`'s maps, AIFI's self-attention and the grid it attends over.
+
+        Returns the ``L`` fused maps, ``enc_attn [num_encoder_layers, B, heads, hw, hw]`` (each
+        AIFI layer's weights over the ``h x w`` cells of the coarsest level, row-major; rows sum to 1;
+        an empty first dimension without AIFI layers) and ``(h, w)``. The maps are the values
+        :meth:`forward` gives (the weights come from a second, weights-only call of each attention).
+        """
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(feats)}")
+        proj = [p(f) for p, f in zip(self.input_proj, feats)]
+        h, w = (int(v) for v in proj[self.use_encoder_idx[-1]].shape[2:])
+        fused, weights = self._aifi(proj, keep_attention=True)
+        if weights:
+            attn = torch.stack(weights)  # [layers, B, heads, hw, hw]
+        else:
+            heads = self.encoder[0].layers[0].self_attn.num_heads if self.num_encoder_layers else 0
+            attn = proj[0].new_zeros(0, proj[0].shape[0], heads, h * w, h * w)
+        return self.ccfm(fused), attn, (h, w)

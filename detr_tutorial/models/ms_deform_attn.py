@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn", "MSDeformAttn", "level_start_index"]
+__all__ = ["ms_deform_attn", "MSDeformAttn", "level_start_index", "splat_sampling_points"]
 
 Shapes = Union[Tensor, Sequence[Sequence[int]]]
 
@@ -59,7 +59,9 @@ def _shape_list(spatial_shapes: Shapes, name: str = "spatial_shapes") -> list[tu
             raise ValueError(f"{name} must hold integers (int64 in the official code), got {spatial_shapes.dtype}")
         shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     else:
-        shapes = [tuple(int(v) for v in hw) for hw in spatial_shapes]  # type: ignore[misc]
+        # symbolic sizes (torch.export) stay symbolic: int() would fix the graph to the traced size
+        shapes = [tuple(v if isinstance(v, torch.SymInt) else int(v) for v in hw)  # type: ignore[misc]
+                  for hw in spatial_shapes]
         if any(len(hw) != 2 for hw in shapes):
             raise ValueError(f"{name} must be a list of (H, W) pairs, got {list(spatial_shapes)}")
     if any(h <= 0 or w <= 0 for h, w in shapes):
@@ -151,6 +153,48 @@ def ms_deform_attn(
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()  # [N, Lq, M*D]
 
 
+def splat_sampling_points(locations: Tensor, weights: Tensor, grid_shape: Sequence[int]) -> Tensor:
+    """Spread each sampling point's weight bilinearly over the cells of one ``h x w`` grid.
+
+    Deformable attention has no attention *map*: a query reads ``L * P`` bilinear samples per
+    head. To draw "where the query put its weight" as a heatmap, each point's weight is given to
+    the four cells whose centres surround it, in the bilinear proportions :func:`ms_deform_attn`
+    reads them with (``align_corners=False``: location ``x`` is the cell coordinate ``x * w - 0.5``).
+    On a level's own grid this is exact, the adjoint of the sampling: ``sum(map * V)`` equals the
+    weighted bilinear samples of a map ``V`` of that grid; points of other levels are placed on this
+    grid by their location alone. The map is a splat of sampled points, not a softmax over cells.
+
+    Args:
+        locations: ``[..., K, 2]`` points ``(x, y)`` in ``[0, 1]`` of the grid's extent.
+        weights: ``[..., K]`` their weights.
+        grid_shape: ``(h, w)`` of the grid.
+
+    Returns:
+        ``[..., h * w]`` (row-major). It sums to the points' total weight, except the parts of points
+        within half a cell of the border or outside, which fall off the grid, exactly as the sampling
+        reads zeros there.
+    """
+    h, w = (int(v) for v in grid_shape)
+    if locations.shape[-1] != 2 or tuple(locations.shape[:-1]) != tuple(weights.shape):
+        raise ValueError(f"locations must be [..., K, 2] and weights [..., K], got {tuple(locations.shape)} "
+                         f"and {tuple(weights.shape)}")
+    prefix, k = weights.shape[:-1], weights.shape[-1]
+    dtype = torch.promote_types(locations.dtype, weights.dtype)
+    loc = locations.reshape(-1, k, 2).to(dtype)  # [N, K, 2]
+    wts = weights.reshape(-1, k).to(dtype)  # [N, K]
+    px, py = loc[..., 0] * w - 0.5, loc[..., 1] * h - 0.5  # cell coordinates (centres at integers)
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    out = wts.new_zeros(wts.shape[0], h * w)
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        xi, yi = x0 + dx, y0 + dy
+        share = wts * (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+        out.scatter_add_(1, index, share * inside)
+    return out.view(*prefix, h * w)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention module, with the official parameter names and initialization.
 
@@ -219,8 +263,8 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
+        input_spatial_shapes: Shapes,
+        input_level_start_index: Union[Tensor, Sequence[int]],
         input_padding_mask: Optional[Tensor],
     ) -> None:
         c, nl = self.d_model, self.n_levels
@@ -254,10 +298,12 @@ class MSDeformAttn(nn.Module):
         starts = [0]
         for h, w in shapes[:-1]:
             starts.append(starts[-1] + h * w)
-        if input_level_start_index.dim() != 1 or input_level_start_index.tolist() != starts:
+        is_tensor = isinstance(input_level_start_index, Tensor)
+        given = input_level_start_index.tolist() if is_tensor else list(input_level_start_index)
+        if (is_tensor and input_level_start_index.dim() != 1) or given != starts:
             raise ValueError(
                 f"input_level_start_index must be the first row of each level, {starts} for input_spatial_shapes "
-                f"{shapes}, got {input_level_start_index.tolist()}"
+                f"{shapes}, got {given}"
             )
         if input_padding_mask is not None:
             if tuple(input_padding_mask.shape) != (n, s):
@@ -273,8 +319,8 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
+        input_spatial_shapes: Shapes,
+        input_level_start_index: Union[Tensor, Sequence[int]],
         input_padding_mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """What :meth:`forward` hands to :func:`ms_deform_attn` (same arguments as :meth:`forward`).
@@ -302,7 +348,10 @@ class MSDeformAttn(nn.Module):
         # reference points [N, Lq, L, 2|4] broadcast against offsets [N, Lq, M, L, P, 2]
         ref = reference_points[:, :, None, :, None, :]
         if reference_points.shape[-1] == 2:
-            shapes = input_spatial_shapes.to(device=offsets.device)
+            if isinstance(input_spatial_shapes, Tensor):
+                shapes = input_spatial_shapes.to(device=offsets.device)
+            else:
+                shapes = torch.tensor(_shape_list(input_spatial_shapes), device=offsets.device)
             normalizer = torch.stack([shapes[:, 1], shapes[:, 0]], -1)  # [L, 2] as (W, H)
             locations = ref + offsets / normalizer[None, None, None, :, None, :]
         else:
@@ -314,10 +363,11 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
+        input_spatial_shapes: Shapes,
+        input_level_start_index: Union[Tensor, Sequence[int]],
         input_padding_mask: Optional[Tensor] = None,
-    ) -> Tensor:
+        return_sampling: bool = False,
+    ) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """Deformable attention of each query to the multi-level input.
 
         Args:
@@ -325,16 +375,23 @@ class MSDeformAttn(nn.Module):
             reference_points: ``[N, Lq, L, 2]`` points ``(x, y)`` in ``[0, 1]`` of each level's
                 padded map (top-left ``(0, 0)``), or ``[N, Lq, L, 4]`` boxes ``(cx, cy, w, h)``.
             input_flatten: ``[N, S, C]``, the levels flattened as described in the module docstring.
-            input_spatial_shapes: ``[L, 2]`` int64 ``(H_l, W_l)``.
+            input_spatial_shapes: ``[L, 2]`` int64 ``(H_l, W_l)``, or a list of ``(H_l, W_l)``
+                (what code traced by ``torch.export`` passes: its sizes are symbolic, and a tensor
+                of them would have to be read back as data).
             input_level_start_index: ``[L]`` int64, the first row of each level (checked against
-                the shapes; the sampling itself needs only the shapes).
+                the shapes; the sampling itself needs only the shapes), or a list of them.
             input_padding_mask: ``[N, S]`` bool, True at padding cells (their values are zeroed),
                 or None.
 
+            return_sampling: also return where it read, for pictures of the attention.
+
         Returns:
-            ``[N, Lq, C]``.
+            ``[N, Lq, C]``; with ``return_sampling``, the tuple ``(output, sampling_locations
+            [N, Lq, M, L, P, 2], attention_weights [N, Lq, M, L, P])`` (see :meth:`sampling`), the
+            output being the same tensor either way.
         """
         value, locations, weights = self.sampling(
             query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index, input_padding_mask
         )
-        return self.output_proj(ms_deform_attn(value, input_spatial_shapes, locations, weights))
+        out = self.output_proj(ms_deform_attn(value, input_spatial_shapes, locations, weights))
+        return (out, locations, weights) if return_sampling else out

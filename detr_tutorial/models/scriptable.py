@@ -3,7 +3,7 @@
 ``torch.jit.script(model)`` on a :class:`~detr_tutorial.models.DETR` compiles
 :class:`ScriptableDETR` (``DETR.__prepare_scriptable__`` hands it over), as the official
 repository's ``test_all.py`` scripts its model; :func:`scripting_blockers` says which families
-cannot be scripted and why. ``torch.export`` (``detr_tutorial.export``) handles every family.
+cannot be scripted and why. ``torch.export`` (``detr_tutorial.export``) handles the other families too.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .backbone import Backbone
 
-__all__ = ["ScriptableDETR", "scripting_blockers"]
+__all__ = ["ScriptableDETR", "scripting_blockers", "scripting_error"]
 
 
 class ScriptableDETR(nn.Module):
@@ -34,10 +34,7 @@ class ScriptableDETR(nn.Module):
         super().__init__()
         blockers = scripting_blockers(model)
         if blockers:
-            raise ValueError(
-                "torch.jit.script compiles the paper's DETR only; this model uses "
-                f"{', '.join(blockers)}: export it with torch.export or ONNX instead (--format torch-export or onnx)"
-            )
+            raise scripting_error(blockers)
         self.backbone = model.backbone
         self.position_embedding = model.position_embedding
         self.input_proj = model.input_proj
@@ -77,17 +74,29 @@ def scripting_blockers(model: nn.Module) -> list[str]:
     The paper's family scripts: a ResNet trunk (with or without dilation), sine or learned
     positions, post- or pre-norm layers, any number of layers, heads and queries; settings that
     only change training (auxiliary losses, the focal loss) do not matter. Another family (its
-    forward passes references between encoder and decoder) and the small CNN trunk do not.
+    forward passes references between encoder and decoder, or, as RT-DETR, is no DETR subclass at
+    all) and the small CNN trunk do not. ``model``: a DETR, or another family's model of the
+    package (one with a ``config``: a :class:`~detr_tutorial.config.DETRConfig`).
     """
+    from ..config import DETRConfig
     from .detr import DETR  # here: detr.py imports this module
 
-    if not isinstance(model, DETR):
-        raise TypeError(f"expected a detr_tutorial DETR model, got {type(model).__name__}")
+    if not isinstance(model, DETR) and not isinstance(getattr(model, "config", None), DETRConfig):
+        raise TypeError(f"expected a detr_tutorial model, got {type(model).__name__}")
     checks = [
         (type(model) is not DETR, f"the {_family_name(model)!r} family ({type(model).__name__})"),
         (not isinstance(model.backbone, Backbone), f"the {type(model.backbone).__name__} trunk"),
     ]
     return [name for used, name in checks if used]
+
+
+def scripting_error(blockers: list[str]) -> ValueError:
+    """The error for a model that does not script, naming its :func:`scripting_blockers` and the
+    two formats that export every family, in one line (the command line prints it as it is)."""
+    return ValueError(
+        "torch.jit.script compiles the paper's DETR only; this model uses "
+        f"{', '.join(blockers)}: export it with torch.export or ONNX instead (--format torch-export or onnx)"
+    )
 
 
 def _family_name(model: nn.Module) -> str:

@@ -8,6 +8,7 @@ for fixed settings, for books and papers::
     from detr_tutorial import viz
     viz.EncoderAttentionExplorer(model, image)            # image: PIL or [3, H, W] in [0, 1]
     viz.DecoderAttentionExplorer(model, image, threshold=0.7)
+    viz.decoder_sampling_figure(model, image)              # RT-DETR: the sampled points
     viz.MatchingExplorer(outputs, targets, image=image)   # cost-weight sliders
     fig = viz.encoder_attention_figure(model, image, point=(120, 80), layer=-1, head="mean")
 
@@ -17,7 +18,7 @@ Static figures are plain ``matplotlib.figure.Figure`` objects: in a notebook, ``
 inline`` makes them display as the value of a cell.
 """
 from .decoder import (DecoderAttentionExplorer, decoder_attention_figure, decoder_attention_grid,
-                      decoder_attention_map)
+                      decoder_attention_map, decoder_sampling_figure, decoder_sampling_points)
 from .drawing import (IMAGENET_MEAN, IMAGENET_STD, attention_to_image, denormalize, draw_boxes,
                       image_to_tensor, normalize, overlay_attention, plot_decoder_attention_grid,
                       to_display_image)
@@ -33,7 +34,8 @@ from .widget_base import figure_to_png, try_explorer
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "AttentionInference", "DecoderAttentionExplorer",
     "EncoderAttentionExplorer", "MatchingExplorer", "MatchingProblem", "attention_to_image",
-    "decoder_attention_figure", "decoder_attention_grid", "decoder_attention_map", "denormalize",
+    "decoder_attention_figure", "decoder_attention_grid", "decoder_attention_map",
+    "decoder_sampling_figure", "decoder_sampling_points", "denormalize",
     "draw_boxes", "encoder_attention_figure", "encoder_attention_map", "figure_to_png",
     "image_to_tensor", "matching_figure", "normalize", "overlay_attention",
     "plot_decoder_attention_grid", "run_attention", "to_display_image", "try_explorer",

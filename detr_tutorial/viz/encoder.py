@@ -3,7 +3,9 @@
 The encoder's self-attention matrix of one layer and head is ``[HW, HW]``: row ``i`` is how the
 feature position ``i`` spreads its attention over all positions (it sums to 1), column ``i`` is
 how much every position attends to ``i``. Picking a pixel picks its feature cell ``i``; the map
-shown is row or column ``i`` laid back on the image.
+shown is row or column ``i`` laid back on the image. For RT-DETR the matrix is AIFI's, over the
+cells of its coarsest level only (the one level its encoder runs attention on), a coarser grid
+than the one its decoder maps live on (``AttentionInference.encoder_shape``).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ def encoder_attention_map(inference: AttentionInference, point: Tuple[float, flo
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'row' or 'column', got {direction!r}")
     layer = check_layer(layer, inference.num_enc_layers)
-    row, col = point_to_cell(point, inference.image_size, inference.feature_shape)
-    h, w = inference.feature_shape
+    row, col = point_to_cell(point, inference.image_size, inference.encoder_shape)
+    h, w = inference.encoder_shape
     index = row * w + col
     attn = select_head(inference.enc_attn[layer], head)  # [HW (queries), HW (keys)]
     vector = attn[index] if direction == "row" else attn[:, index]
@@ -53,9 +55,9 @@ def draw_encoder_attention(fig: Figure, inference: AttentionInference, point: Tu
     """Draw the image with the point and its attention map on ``fig``; return the ``[h, w]`` map."""
     attn_map = encoder_attention_map(inference, point, layer, head, direction)
     layer = check_layer(layer, inference.num_enc_layers)
-    cell = point_to_cell(point, inference.image_size, inference.feature_shape)
-    x1, y1, x2, y2 = cell_box(cell, inference.image_size, inference.feature_shape)
-    h, w = inference.feature_shape
+    cell = point_to_cell(point, inference.image_size, inference.encoder_shape)
+    x1, y1, x2, y2 = cell_box(cell, inference.image_size, inference.encoder_shape)
+    h, w = inference.encoder_shape
     pixels = inference.pixels
     left, right = fig.subplots(1, 2)
     left.imshow(pixels)
@@ -205,8 +207,8 @@ class EncoderAttentionExplorer(Explorer):
         self.current_map = attn_map
         self.current_point = point
         self.current_cell = point_to_cell(point, self.inference.image_size,
-                                          self.inference.feature_shape)
-        h, w = self.inference.feature_shape
+                                          self.inference.encoder_shape)
+        h, w = self.inference.encoder_shape
         how = ("click the picture or move x and y to pick another point" if self._click_enabled
                else "move x and y to pick another point (pip install ipyevents to click instead)")
         self._set_status(f"feature map {h}x{w}; the point's cell is {self.current_cell}; {how}")

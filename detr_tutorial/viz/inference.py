@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import box_ops
 from ..families import build_postprocess
 from ..models.detr import PostProcess
 from .drawing import ImageLike, image_to_tensor, normalize
@@ -22,12 +23,22 @@ Head = Union[int, str]
 
 @dataclass
 class AttentionInference:
-    """One image, DETR's outputs for it, and its post-processed detections (batch index removed).
+    """One image, a model's outputs for it, and its post-processed detections (batch index removed).
 
-    Shapes: ``image`` ``[3, H, W]`` in ``[0, 1]``; ``pred_logits`` ``[Q, C + 1]``;
-    ``pred_boxes`` ``[Q, 4]`` normalized cxcywh; ``enc_attn`` ``[L_enc, heads, HW, HW]``;
-    ``dec_attn`` ``[L_dec, heads, Q, HW]``; ``scores``, ``labels`` ``[Q]`` and ``boxes`` ``[Q, 4]``
-    (xyxy pixels) from ``PostProcess``, one per query.
+    Shapes: ``image`` ``[3, H, W]`` in ``[0, 1]``; ``pred_logits`` ``[Q, C + 1]`` (``[Q, C]`` for
+    sigmoid models); ``pred_boxes`` ``[Q, 4]`` normalized cxcywh; ``enc_attn``
+    ``[L_enc, heads, hw, hw]`` on the encoder grid; ``dec_attn`` ``[L_dec, heads, Q, h'w']`` on the
+    decoder grid; ``scores``, ``labels`` ``[Q]`` and ``boxes`` ``[Q, 4]`` (xyxy pixels) from the
+    post-processing, one per query.
+
+    ``feature_shape`` is the decoder grid ``(h', w')``; ``enc_feature_shape`` the encoder grid
+    ``(h, w)``, the same grid when None (dense DETR models attend over one feature map in both).
+    A deformable model (RT-DETR) has two: AIFI's self-attention over its coarsest level, and a
+    decoder that samples points: ``dec_sampling_locations`` ``[L_dec, heads, Q, L, P, 2]`` (``(x, y)``
+    in ``[0, 1]`` of the image) and ``dec_attention_weights`` ``[L_dec, heads, Q, L, P]`` keep the
+    points, and ``dec_attn`` is their weights splatted onto the finest level's grid (see
+    :func:`~detr_tutorial.models.ms_deform_attn.splat_sampling_points`). Both grids are laid evenly
+    over the image (for a padded input they cover the padding too, as the model's maps do).
     """
 
     image: torch.Tensor
@@ -40,6 +51,10 @@ class AttentionInference:
     labels: torch.Tensor
     boxes: torch.Tensor
     class_names: Optional[Sequence[str]] = None
+    enc_feature_shape: Optional[Tuple[int, int]] = None
+    dec_sampling_locations: Optional[torch.Tensor] = None
+    dec_attention_weights: Optional[torch.Tensor] = None
+    spatial_shapes: Optional[List[Tuple[int, int]]] = None
 
     @property
     def pixels(self) -> np.ndarray:
@@ -56,6 +71,21 @@ class AttentionInference:
         return int(self.image.shape[1]), int(self.image.shape[2])
 
     @property
+    def encoder_shape(self) -> Tuple[int, int]:
+        """``(h, w)`` of the grid the encoder maps live on."""
+        return tuple(self.enc_feature_shape or self.feature_shape)  # type: ignore[return-value]
+
+    @property
+    def decoder_shape(self) -> Tuple[int, int]:
+        """``(h', w')`` of the grid the decoder maps live on."""
+        return tuple(self.feature_shape)  # type: ignore[return-value]
+
+    @property
+    def deformable(self) -> bool:
+        """True when the decoder sampled points (``dec_attn`` is then a splat of them)."""
+        return self.dec_sampling_locations is not None
+
+    @property
     def num_enc_layers(self) -> int:
         return int(self.enc_attn.shape[0])
 
@@ -65,7 +95,13 @@ class AttentionInference:
 
     @property
     def num_heads(self) -> int:
+        """Heads of the encoder's attention."""
         return int(self.enc_attn.shape[1])
+
+    @property
+    def num_dec_heads(self) -> int:
+        """Heads of the decoder's cross-attention (RT-DETR may have another number than its encoder)."""
+        return int(self.dec_attn.shape[1])
 
     @property
     def num_queries(self) -> int:
@@ -76,11 +112,17 @@ def run_attention(model: nn.Module, image: ImageLike,
                   class_names: Optional[Sequence[str]] = None) -> AttentionInference:
     """Run ``model`` once on ``image`` (PIL or ``[3, H, W]`` in ``[0, 1]``) and keep its attention.
 
+    Any model whose ``forward(images, return_attention=True)`` gives ``enc_attn``, ``dec_attn`` and
+    ``feature_shape`` works: the dense DETR models, and RT-DETR, which adds ``enc_feature_shape``
+    and its decoder's sampling points (see :class:`AttentionInference`).
+
     The image is normalized here with the ImageNet mean/std. The model runs in eval mode (no
     dropout, so the maps are what inference sees) under ``torch.no_grad``; its previous
     train/eval mode is restored afterwards so a notebook's training loop is not disturbed.
     ``class_names`` defaults to ``model.config.class_names`` when the model has one; a model
-    trained with the focal loss is scored with sigmoids, as ``dt.predict`` does.
+    trained with the focal loss is scored with sigmoids, as ``dt.predict`` does. The detections are
+    one per query (``scores[q]`` is query ``q``'s): where the model's post-processing keeps the
+    top-k (query, class) pairs instead (RT-DETR), each query keeps its best class.
     Raises ``ValueError`` for an image of the wrong shape.
     """
     pixels = image_to_tensor(image)
@@ -97,9 +139,18 @@ def run_attention(model: nn.Module, image: ImageLike,
             out = model(batch, return_attention=True)
             height, width = pixels.shape[1:]
             dets = postprocess(out, torch.tensor([[height, width]], device=device))[0]
+            if "query" in dets:
+                dets = _one_per_query(out, height, width)
     finally:
         model.train(was_training)
     h, w = (int(v) for v in out["feature_shape"])
+    enc_shape = out.get("enc_feature_shape")
+    locations, weights = out.get("dec_sampling_locations"), out.get("dec_attention_weights")
+    if locations is not None:
+        # [L_dec, B, Q, M, L, P, 2] -> first image, heads first: [L_dec, M, Q, L, P, 2]
+        locations = locations[:, 0].transpose(1, 2).float().cpu()
+        weights = weights[:, 0].transpose(1, 2).float().cpu()
+    spatial = out.get("spatial_shapes")
     return AttentionInference(
         image=pixels,
         pred_logits=out["pred_logits"][0].float().cpu(),
@@ -111,7 +162,22 @@ def run_attention(model: nn.Module, image: ImageLike,
         labels=dets["labels"].cpu(),
         boxes=dets["boxes"].float().cpu(),
         class_names=list(class_names) if class_names is not None else None,
+        enc_feature_shape=None if enc_shape is None else (int(enc_shape[0]), int(enc_shape[1])),
+        dec_sampling_locations=locations,
+        dec_attention_weights=weights,
+        spatial_shapes=None if spatial is None else [(int(a), int(b)) for a, b in spatial],
     )
+
+
+def _one_per_query(out: dict, height: int, width: int) -> dict:
+    """One detection per query from a model whose post-processing keeps the top-k (query, class)
+    pairs (the deformable families, RT-DETR): each query's best class and its sigmoid score, the
+    pair of that query which ranks first in the top-k list. The figures index detections by query."""
+    scores, labels = out["pred_logits"][0].sigmoid().max(-1)  # [Q]: no "no object" column
+    scale = torch.tensor([width, height, width, height], dtype=out["pred_boxes"].dtype,
+                         device=out["pred_boxes"].device)
+    boxes = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"][0]) * scale  # [Q, 4] pixels
+    return {"scores": scores, "labels": labels, "boxes": boxes}
 
 
 def as_inference(model_or_inference: Union[nn.Module, AttentionInference],

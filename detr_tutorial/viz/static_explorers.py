@@ -193,7 +193,8 @@ def _head_list(num_heads: int) -> List[Head]:
 def _encoder_selection(inference: AttentionInference,
                        max_bytes: int) -> Tuple[List[int], List[Head]]:
     """The layers and heads whose ``[HW, HW]`` matrices fit in ``max_bytes`` codes."""
-    layers, hw = inference.num_enc_layers, inference.feature_shape[0] * inference.feature_shape[1]
+    layers, (h, w) = inference.num_enc_layers, inference.encoder_shape
+    hw = h * w
     options = [(list(range(layers)), _head_list(inference.num_heads)),
                (list(range(layers)), ["mean"]), ([layers - 1], ["mean"])]
     for chosen_layers, heads in options:
@@ -216,7 +217,7 @@ def pack_encoder(inference: AttentionInference, max_bytes: int = ENCODER_MAX_BYT
     matrices = np.stack([np.stack([select_head(inference.enc_attn[layer], head).numpy()
                                    for head in heads]) for layer in layers])
     codes, scales = quantize(matrices)  # [L, heads, HW (queries), HW (keys)], [L, heads, HW]
-    return {"image_size": list(inference.image_size), "feature_shape": list(inference.feature_shape),
+    return {"image_size": list(inference.image_size), "feature_shape": list(inference.encoder_shape),
             "layers": layers, "heads": heads, "codes": to_base64(codes, "u1"),
             "scales": to_base64(scales, "f4")}
 
@@ -266,8 +267,8 @@ def pack_decoder(inference: AttentionInference, threshold: float = 0.7) -> Dict[
     label and score.
     """
     queries = detections_above(inference, threshold)
-    layers, heads = list(range(inference.num_dec_layers)), _head_list(inference.num_heads)
-    payload: Dict[str, Any] = {"feature_shape": list(inference.feature_shape), "layers": layers,
+    layers, heads = list(range(inference.num_dec_layers)), _head_list(inference.num_dec_heads)
+    payload: Dict[str, Any] = {"feature_shape": list(inference.decoder_shape), "layers": layers,
                                "heads": heads, "queries": queries,
                                "best_score": float(inference.scores.max())}
     if queries:
@@ -439,7 +440,7 @@ def static_encoder_explorer(model_or_inference: Union[nn.Module, AttentionInfere
         raise ValueError(f"direction must be 'row' or 'column', got {direction!r}")
     height, width = inference.image_size
     point = (width // 2, height // 2) if point is None else (int(point[0]), int(point[1]))
-    point_to_cell(point, inference.image_size, inference.feature_shape)  # checks the point
+    point_to_cell(point, inference.image_size, inference.encoder_shape)  # checks the point
     payload = _base_payload(labels, inference.image, inference.image_size)
     payload.update(pack_encoder(inference, max_bytes), point=list(point))
     layer = check_layer(layer, inference.num_enc_layers)
