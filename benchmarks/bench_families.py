@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from _results import command_line, git_commit, machine_info, markdown_table, update_section  # noqa: E402
 
 FAMILIES = ("detr", "conditional", "deformable", "rtdetr")
-LABELS = {"detr": "DETR", "conditional": "Conditional (shipped family)", "deformable": "Deformable DETR",
+LABELS = {"detr": "DETR", "conditional": "Conditional (shapes-cpu)", "deformable": "Deformable DETR",
           "rtdetr": "RT-DETR"}
 #: the data of each variant: dataset_options of the recipes (shapes config fields)
 VARIANTS = {"standard": {}, "small": {"config": {"min_size": 6, "max_size": 16}}}

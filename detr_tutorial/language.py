@@ -108,7 +108,7 @@ KOREAN: dict[str, str] = {
     "mAP (first 200 validation images)": "mAP (검증 이미지 앞 200장)",
     "Families on shapes ({variant})": "shapes 데이터셋의 모델 패밀리 ({variant})",
     "objects 12-48 px": "객체 12-48 px", "objects 6-16 px": "객체 6-16 px",
-    "Conditional (shipped family)": "Conditional (배포 모델의 패밀리)",
+    "Conditional (shapes-cpu)": "Conditional (shapes-cpu)",
     "validation image size (px)": "검증 이미지 크기 (px)",
     "mAP at that size (first 200 scenes)": "그 크기에서의 mAP (장면 앞 200개)",
     "dense, stride {s}": "전체 어텐션, 스트라이드 {s}", "deformable, stride {s}": "변형 어텐션, 스트라이드 {s}",
