@@ -17,7 +17,7 @@ from detr_tutorial import checkpoint as ckpt_io
 from detr_tutorial.config import get_config
 from detr_tutorial.families import build_model
 from detr_tutorial.train import train
-from training_helpers import TINY_MODEL, TinyBoxes, tiny_recipe
+from training_helpers import TINY_MODEL, TinyBoxes, tiny_recipe, tiny_rtdetr
 
 HELPER = Path(__file__).with_name("training_helpers.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -73,19 +73,12 @@ def test_reset_class_head_loads_everything_but_the_head(trained):
     assert model.class_embed.out_features == 6
 
 
-def _tiny_rtdetr(num_classes: int):
-    torch.manual_seed(num_classes)
-    return build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False,
-                       hidden_dim=32, enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1,
-                       num_queries=10, num_classes=num_classes, freeze_stem=None)
-
-
 def test_an_rtdetr_checkpoint_of_other_classes_is_refused_then_loads_without_its_class_heads():
     """RT-DETR's class-dependent parts are its score heads (encoder and every decoder layer) and
     the denoising label embedding; everything else transfers, as in DETR."""
-    three = _tiny_rtdetr(3)
+    three = tiny_rtdetr(seed=3, num_classes=3)
     ckpt = {"model": three.state_dict(), "config": three.config.to_dict()}
-    five = _tiny_rtdetr(5)
+    five = tiny_rtdetr(seed=5, num_classes=5)  # other initial weights than the checkpoint's
     with pytest.raises(ckpt_io.ClassHeadMismatchError, match=r"trained for 3 classes but the model has 5"):
         ckpt_io.load_model_weights(five, ckpt)
     fresh = {k: v.clone() for k, v in five.state_dict().items()}

@@ -19,6 +19,7 @@ from detr_tutorial.checkpoint import SHIPPED_MODEL, load_checkpoint
 from detr_tutorial.config import DETRConfig
 from detr_tutorial.export import export_program, scripting_blockers
 from detr_tutorial.models import Backbone, PositionEmbeddingLearned, PositionEmbeddingSine
+from training_helpers import tiny_rtdetr
 
 onnx = pytest.importorskip("onnx")  # requirements.txt installs it; the skip only helps partial set-ups
 ort = pytest.importorskip("onnxruntime")
@@ -45,15 +46,6 @@ def images(batch: int, height: int, width: int) -> torch.Tensor:
 def eager(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(x)
     return out["pred_logits"], out["pred_boxes"]
-
-
-def tiny_rtdetr() -> torch.nn.Module:
-    """RT-DETR (hybrid encoder, deformable decoder, query selection) at test sizes: two levels
-    (strides 8 and 16 of the small CNN trunk), as the shipped model."""
-    torch.manual_seed(0)
-    return dt.build_model("rtdetr-r18", num_classes=3, backbone="smallcnn", backbone_stride=16,
-                          pretrained_backbone=False, freeze_stem=None, hidden_dim=32, enc_dim_feedforward=64,
-                          dec_dim_feedforward=64, dec_layers=1, num_queries=10).eval()
 
 
 def max_differences(session, model: torch.nn.Module, sizes=SIZES) -> list[float]:
@@ -318,10 +310,7 @@ def test_export_command_writes_a_float16_inference_checkpoint_that_rebuilds_the_
     """``--format checkpoint``: how the shipped model is made from a training run's model_final.pth."""
     from detr_tutorial.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
 
-    torch.manual_seed(0)
-    model = dt.build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False, hidden_dim=32,
-                           enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1, num_queries=10,
-                           num_classes=3, class_names=["circle", "rectangle", "triangle"], freeze_stem=None)
+    model = tiny_rtdetr(class_names=["circle", "rectangle", "triangle"])
     src = save_checkpoint({"format": FORMAT, "config": model.config.to_dict(), "model": model.state_dict(),
                            "class_names": ["circle", "rectangle", "triangle"], "step": 7,
                            "optimizer": {"lots": torch.zeros(1000)}}, tmp_path / "model_final.pth")

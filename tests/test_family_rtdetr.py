@@ -570,9 +570,8 @@ def test_pixel_anchors_need_the_strides_and_a_positive_size():
 
 
 def test_a_model_with_pixel_anchors_uses_them_in_its_query_selection():
-    torch.manual_seed(0)
-    model = dt.build_model("rtdetr-r18", backbone="smallcnn", backbone_stride=16, pretrained_backbone=False,
-                           hidden_dim=32, enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1,
-                           num_queries=10, num_classes=3, freeze_stem=None, anchor_pixels=8.0).eval()
+    from training_helpers import tiny_rtdetr
+
+    model = tiny_rtdetr(anchor_pixels=8.0)
     anchors, _ = model.decoder.anchors_for([[12, 12], [6, 6]], torch.device("cpu"))
     assert anchors[0, 0, 2:].sigmoid().mul(96).tolist() == pytest.approx([8.0, 8.0])

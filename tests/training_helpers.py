@@ -26,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # when run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
+from detr_tutorial.families import build_model  # noqa: E402
 from detr_tutorial.recipes import Recipe  # noqa: E402
 
 TINY_MODEL = dict(
@@ -64,6 +65,17 @@ def deformable_model(**overrides: Any) -> dict[str, Any]:
                  num_feature_levels=3, enc_n_points=2, dec_n_points=2)
     model.update(overrides)
     return model
+
+
+def tiny_rtdetr(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A small random RT-DETR (eval mode, initialized from ``seed``) of the shipped model's layout: the small CNN
+    trunk at strides 8 and 16, so two levels, a hybrid encoder and a deformable decoder, at test
+    sizes (hidden 32, one decoder layer, 10 queries, 3 classes)."""
+    torch.manual_seed(seed)
+    args = dict(num_classes=3, backbone="smallcnn", backbone_norm="bn", backbone_stride=16, pretrained_backbone=False,
+                freeze_stem=None, hidden_dim=32, enc_dim_feedforward=64, dec_dim_feedforward=64, dec_layers=1,
+                num_queries=10)
+    return build_model("rtdetr-r18", **{**args, **overrides}).eval()
 
 
 def two_images() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
