@@ -43,6 +43,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_weights_file",
+    "checkpoint_weights",
     "remove_stale_temporaries",
     "capture_rng_state",
     "restore_rng_state",
@@ -232,13 +233,28 @@ def _num_classes(model: nn.Module, state: Mapping[str, Any], config: Optional[Ma
     return theirs, ours
 
 
+def checkpoint_weights(checkpoint: Mapping[str, Any], use_ema: bool = True) -> Mapping[str, torch.Tensor]:
+    """The state dict to load from a checkpoint: with ``use_ema``, a training checkpoint's moving
+    average of the weights (``checkpoint["ema"]["module"]``, the weights its evaluations scored)
+    when it holds one, else ``checkpoint["model"]`` (a final model file already holds the average
+    there, marked ``"weights": "ema"``)."""
+    ema = checkpoint.get("ema")
+    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        return ema["module"]
+    return checkpoint["model"]
+
+
 def load_model_weights(
     model: nn.Module,
     checkpoint: Mapping[str, Any],
     reset_class_head: bool = False,
     source: str = "checkpoint",
+    use_ema: bool = True,
 ) -> None:
-    """Load ``checkpoint["model"]`` into ``model`` (strictly), checking the class head first.
+    """Load the checkpoint's weights into ``model`` (strictly), checking the class head first.
+
+    The weights are :func:`checkpoint_weights`: the moving average of a training checkpoint that
+    has one, unless ``use_ema=False`` (resuming a run loads the raw weights and the average apart).
 
     A checkpoint trained for another number of classes is refused with
     :class:`ClassHeadMismatchError`, whose message says how to proceed. With
@@ -246,7 +262,7 @@ def load_model_weights(
     own, freshly initialized class head — the usual way to fine-tune on a new class set.
     """
     model = unwrap_model(model)
-    state = checkpoint["model"]
+    state = checkpoint_weights(checkpoint, use_ema)
     ours = model.state_dict()
     head_key = _class_head_key(ours)
     theirs_classes, ours_classes = _num_classes(model, state, checkpoint.get("config"))
@@ -315,9 +331,12 @@ def export_model(
     src: Union[PathLike, Mapping[str, Any]],
     dst: PathLike,
     half: bool = True,
-    keep: tuple[str, ...] = ("format", "config", "class_names", "label_map", "step", "recipe", "metrics"),
+    keep: tuple[str, ...] = ("format", "config", "class_names", "label_map", "step", "recipe", "metrics", "weights"),
 ) -> Path:
     """Write a small inference checkpoint: the weights (float16 if ``half``) and the metadata.
+
+    The weights are :func:`checkpoint_weights`: a training checkpoint's moving average when it
+    holds one (the file is then marked ``"weights": "ema"``).
 
     Optimizer, scheduler and RNG states are dropped. Loading converts the weights back to the
     model's float32 (``load_state_dict`` copies across dtypes), so a float16 file halves the size
@@ -331,7 +350,8 @@ def export_model(
         raise TypeError(f"export_model expects a checkpoint path or dict, got {type(src).__name__}")
     ckpt = load_checkpoint(src) if not isinstance(src, Mapping) else src
     source = f"checkpoint {src}" if not isinstance(src, Mapping) else "the checkpoint"
-    weights_ok = isinstance(ckpt.get("model"), Mapping) and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    weights_ok = isinstance(ckpt.get("model"), Mapping) and all(
+        isinstance(v, torch.Tensor) for v in checkpoint_weights(ckpt).values())
     if not weights_ok:
         raise CheckpointError(f"{source} has no 'model' state dict of tensors: nothing to export")
     if not ckpt.get("config"):
@@ -340,17 +360,19 @@ def export_model(
             f"load the weights into a model and save a checkpoint with its config (convert does this)"
         )
     weights = {
-        k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()
+        k: (v.half() if half and v.is_floating_point() else v) for k, v in checkpoint_weights(ckpt).items()
     }
     out: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
     out["model"] = weights
+    if checkpoint_weights(ckpt) is not ckpt["model"]:
+        out["weights"] = "ema"
     out.setdefault("format", FORMAT)
     return save_checkpoint(out, dst)
 
 
-#: The model the book uses offline: the ``shapes-cpu`` recipe trained on the shapes data set
-#: (``python -m detr_tutorial train``), exported with :func:`export_model`; its training log lies
-#: beside it (``shapes_detr_log.jsonl``).
+#: The model the book uses offline: the ``shapes-shipped`` recipe trained on the shapes data set
+#: (``make shipped-model``), exported with :func:`export_model`; its training log lies beside it
+#: (``shapes_detr_log.jsonl``).
 SHIPPED_MODEL = Path(__file__).resolve().parent / "checkpoints" / "shapes_detr.pth"
 
 

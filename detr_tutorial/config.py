@@ -58,6 +58,7 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
         "box_noise_scale": 1.0,
         "vfl_alpha": 0.75,
         "anchor_pixels": None,
+        "decoder_aux_coef": 1.0,
     },
 }
 
@@ -69,7 +70,7 @@ _NON_NEGATIVE_INTS = ("enc_layers", "num_denoising")
 _BOOLS = ("train_backbone", "dilation", "pre_norm", "position_at_input", "aux_loss", "box_refine", "two_stage",
           "encoder_aux_loss", "encoder_cell_units", "focal_loss", "with_box_refine", "exact_extent")
 _NON_NEGATIVE_NUMBERS = ("set_cost_class", "set_cost_bbox", "set_cost_giou", "ce_loss_coef", "bbox_loss_coef",
-                         "giou_loss_coef", "encoder_aux_coef", "focal_gamma", "box_noise_scale")
+                         "giou_loss_coef", "encoder_aux_coef", "decoder_aux_coef", "focal_gamma", "box_noise_scale")
 _STRINGS = ("family", "backbone", "backbone_norm", "position_embedding")
 
 
@@ -216,6 +217,9 @@ class DETRConfig:
     # 16, 32), so a cell's anchor is the same size in pixels on every canvas; None: the official
     # 0.05 * 2^l of the canvas (32 px at 640 px, but 4.8 px at 96 px and 9.6 px at 192 px)
     anchor_pixels: Optional[float] = None
+    # the weight of the decoder layers before the last (their matched and denoising terms), relative to
+    # the last layer's; 1: the official equal weights. Below 1 the last layer has more to correct.
+    decoder_aux_coef: float = 1.0
     # matching costs (HungarianMatcher) and loss weights (SetCriterion)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0

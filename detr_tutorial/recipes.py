@@ -45,6 +45,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .ema import check_ema_settings
+
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
 
@@ -91,6 +93,10 @@ class Recipe:
         eval_max_images: evaluate periodic checkpoints on the first N validation images only
             (``None``: all); the final evaluation always uses the whole split.
         num_workers: data-loader worker processes.
+        ema_decay, ema_warmup_steps: keep an exponential moving average of the weights
+            (:class:`~detr_tutorial.ema.ModelEMA`, as the official RT-DETR does): the decay and the
+            time constant of its ramp, in steps. Evaluation and ``model_final.pth`` then use the
+            average; the training checkpoint holds both. ``ema_decay=0``: no average.
         seed: seeds the model initialization, the data order and every augmentation.
     """
 
@@ -123,6 +129,8 @@ class Recipe:
     log_every: int = 20
     eval_max_images: Optional[int] = None
     num_workers: int = 2
+    ema_decay: float = 0.0
+    ema_warmup_steps: int = 0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -168,6 +176,7 @@ class Recipe:
                 raise ValueError(f"batch_image_sizes replaces the training resize: drop dataset_options {resizing}")
         if self.lr <= 0 or self.lr_backbone < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, lr_backbone and weight_decay >= 0")
+        check_ema_settings(self.ema_decay, self.ema_warmup_steps)
 
     def replace(self, **overrides: Any) -> "Recipe":
         """A copy with some fields changed; unknown names are an error."""

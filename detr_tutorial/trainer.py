@@ -10,6 +10,9 @@
    periodic checkpoint, the user's callback, Ctrl-C);
 3. :meth:`Trainer.finish`: the last checkpoint, the final evaluation, ``model_final.pth``.
 
+With a recipe's ``ema_decay``, a moving average of the weights is updated after every step; the
+evaluations and ``model_final.pth`` use it, and the training checkpoint stores it beside the model.
+
 The state of the run (its step, its training time, the log window) lives in attributes; the
 recipe-level helpers it uses (optimizer, schedule, data sets) are the functions of
 :mod:`detr_tutorial.train`.
@@ -34,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import checkpoint as ckpt_io
 from . import engine
 from .config import get_config
+from .ema import ModelEMA
 from .distributed import all_gather_object, barrier, convert_sync_batchnorm, init_distributed, is_main_process
 from .engine import StepInfo, train_one_epoch
 from .families import build_criterion, build_model, build_postprocess
@@ -93,7 +97,8 @@ class Trainer:
     (``run`` calls it when it has not been called). After ``setup`` the parts are attributes:
     ``model`` (unwrapped), ``train_model`` (what the steps call: DDP / compiled), ``criterion``,
     ``postprocess``, ``optimizer``, ``scheduler``, ``scaler``, ``train_set``, ``val_set``,
-    ``total_steps``, ``steps_per_epoch``; ``step`` is the optimizer steps done and
+    ``total_steps``, ``steps_per_epoch``, ``ema`` (a :class:`~detr_tutorial.ema.ModelEMA` when the
+    recipe has ``ema_decay > 0``, else ``None``); ``step`` is the optimizer steps done and
     ``train_seconds`` the time spent in them (not in evaluation or checkpoints).
     """
 
@@ -219,6 +224,13 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.criterion = build_criterion(self.cfg).to(self.device)
         self.postprocess = build_postprocess(self.cfg)
+        self.ema: Optional[ModelEMA] = self._new_ema()
+
+    def _new_ema(self) -> Optional[ModelEMA]:
+        """The recipe's moving average of the weights, started from the model as it is now."""
+        if not self.recipe.ema_decay:
+            return None
+        return ModelEMA(self.model, self.recipe.ema_decay, self.recipe.ema_warmup_steps)
 
     def _setup_optimization(self) -> None:
         """AdamW, the learning-rate schedule over ``total_steps`` and, for fp16, a grad scaler."""
@@ -235,7 +247,14 @@ class Trainer:
             path = path / CHECKPOINT_NAME
         state = ckpt_io.load_checkpoint(path, map_location=self.device)
         _check_resumable(state, path, self.recipe, self.total_steps)
-        ckpt_io.load_model_weights(self.model, state, source=f"checkpoint {path}")
+        ckpt_io.load_model_weights(self.model, state, source=f"checkpoint {path}", use_ema=False)
+        self.ema = self._new_ema()
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            else:
+                logger.warning("%s holds no weight average: the EMA starts from its weights at step %d",
+                               path, int(state["step"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
@@ -348,6 +367,8 @@ class Trainer:
         at the last step: :meth:`finish` does those), the user's callback, then Ctrl-C."""
         self.step = info.step
         self.train_seconds += info.seconds
+        if self.ema is not None:
+            self.ema.update(self.model)
         self._window.add(info)
         recipe, last = self.recipe, info.step == self.total_steps
         if recipe.log_every and (info.step % recipe.log_every == 0 or last):
@@ -394,6 +415,7 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "ema": self.ema.state_dict() if self.ema is not None else None,
                     "step": self.step,
                     "epoch": self.step // self.steps_per_epoch,
                     "total_steps": self.total_steps,
@@ -405,11 +427,16 @@ class Trainer:
             )
         barrier()
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation and ``model_final.pth`` use: the weight average if there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
-        """COCO metrics of the model over ``loader`` (computed on the main process, ``{}`` elsewhere)."""
+        """COCO metrics of :attr:`eval_model` over ``loader`` (computed on the main process, ``{}`` elsewhere)."""
         metrics: dict[str, float] = {}
         if self.main:
-            metrics = engine.evaluate(self.model, self.postprocess, loader, self.val_set, self.device, self.amp_dtype,
+            metrics = engine.evaluate(self.eval_model, self.postprocess, loader, self.val_set, self.device, self.amp_dtype,
                                       self.channels_last, label_to_cat_id=self.label_map)
         barrier()
         return metrics
@@ -434,7 +461,8 @@ class Trainer:
     def _write_final(self, final_path: Path, train_minutes: float, metrics: dict[str, float]) -> None:
         """Main process: the inference checkpoint, the last log records and ``metrics.json``."""
         ckpt_io.save_checkpoint(
-            {"format": ckpt_io.FORMAT, "model": self.model.state_dict(), "config": self.cfg.to_dict(),
+            {"format": ckpt_io.FORMAT, "model": self.eval_model.state_dict(), "config": self.cfg.to_dict(),
+             "weights": "ema" if self.ema is not None else "model",
              "class_names": list(self.class_names), "label_map": self.label_map, "step": self.step,
              "recipe": self.recipe.to_dict(), "metrics": metrics},
             final_path,

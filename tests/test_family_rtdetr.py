@@ -575,3 +575,20 @@ def test_a_model_with_pixel_anchors_uses_them_in_its_query_selection():
     model = tiny_rtdetr(anchor_pixels=8.0)
     anchors, _ = model.decoder.anchors_for([[12, 12], [6, 6]], torch.device("cpu"))
     assert anchors[0, 0, 2:].sigmoid().mul(96).tolist() == pytest.approx([8.0, 8.0])
+
+
+def test_decoder_aux_coef_scales_the_layers_before_the_last_and_nothing_else():
+    cfg = dt.get_config("rtdetr-r18", num_classes=3, dec_layers=3, decoder_aux_coef=0.25)
+    criterion = dt.build_criterion(cfg)
+    base = {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    for term, weight in base.items():
+        assert criterion.weight_for(term) == weight  # the last layer
+        assert criterion.weight_for(f"{term}_dn_2") == weight  # the last layer's denoising queries
+        assert criterion.weight_for(f"{term}_aux_2") == weight  # aux_{L-1}: the encoder's top-k
+        for i in (0, 1):  # decoder layers 0 and 1, matched and denoising queries
+            assert criterion.weight_for(f"{term}_aux_{i}") == 0.25 * weight
+            assert criterion.weight_for(f"{term}_dn_{i}") == 0.25 * weight
+    official = dt.build_criterion(dt.get_config("rtdetr-r18", num_classes=3, dec_layers=3))
+    assert official.weight_dict == base  # the default: the official equal weights
+    with pytest.raises(ValueError, match="decoder_aux_coef"):
+        dt.get_config("rtdetr-r18", num_classes=3, decoder_aux_coef=-1.0)

@@ -244,3 +244,30 @@ def test_attention_under_cpu_autocast_matches_float32(masked):
     (grad,) = torch.autograd.grad(out.float().square().sum(), q)
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(grad, grad_reference, atol=5e-2, rtol=5e-2)
+
+
+def test_an_attention_mask_blocks_pairs_as_in_torchs_multihead_attention():
+    """``attn_mask [Lq, Lk]`` (True = blocked), with or without padding, on the fast path and the
+    explicit one: the outputs of ``nn.MultiheadAttention`` with the same weights, and the blocked
+    pairs get exactly zero weight (RT-DETR's denoising groups rely on it)."""
+    from detr_tutorial.models.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    ours = MultiheadAttention(32, 4)
+    theirs = nn.MultiheadAttention(32, 4, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 32)
+    blocked = torch.zeros(6, 6, dtype=torch.bool)
+    blocked[:3, 3:] = True  # the first three queries may not see the last three keys
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[1, 2] = True
+    for pad in (None, padding):
+        expected, _ = theirs(x, x, x, key_padding_mask=pad, attn_mask=blocked, need_weights=False)
+        fast, _ = ours(x, x, x, key_padding_mask=pad, attn_mask=blocked)
+        explicit, weights = ours(x, x, x, key_padding_mask=pad, attn_mask=blocked, need_weights=True)
+        torch.testing.assert_close(fast, expected)
+        torch.testing.assert_close(explicit, expected)
+        assert weights[:, :, :3, 3:].abs().max() == 0
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 6))
+    with pytest.raises(ValueError, match=r"attn_mask must be a bool \[Lq, Lk\] = \[6, 6\] mask"):
+        ours(x, x, x, attn_mask=blocked.float())

@@ -139,10 +139,10 @@ def test_shipped_model_scores_within_0_05_of_its_128_px_map_at_104_and_150_px():
 @pytest.mark.slow
 def test_shipped_models_last_decoder_layer_moves_its_boxes():
     """Its boxes are not just the proposals it was handed: with the reference boxes its last
-    decoder layer started from in their place, the mAP drops (by 0.037 on these 200 scenes, as
+    decoder layer started from in their place, the mAP drops (by 0.042 on these 200 scenes, as
     the README says; a decoder whose box head is dead, like the conditional model shipped in
     2026-11, drops by 0.000)."""
     from detr_tutorial.reference_boxes import reference_box_ablation
 
     result = reference_box_ablation(dt.load_shipped_model(), num_images=200)
-    assert result["drop"] == pytest.approx(0.037, abs=0.01), result
+    assert result["drop"] == pytest.approx(0.042, abs=0.01), result

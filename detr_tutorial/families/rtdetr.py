@@ -98,7 +98,9 @@ class RTDETR(nn.Module):
         unpadded = isinstance(samples, Tensor) or not bool(mask.any())
         if unpadded and statically_known_true(hp == h) and statically_known_true(wp == w):
             return x, None
-        x = F.pad(x.masked_fill(mask[:, None], 0.0), (0, wp - w, 0, hp - h))
+        if not unpadded:  # zero the padding of the smaller images (a batch of one size has none)
+            x = x.masked_fill(mask[:, None], 0.0)
+        x = F.pad(x, (0, wp - w, 0, hp - h))
         heights = (~mask[:, :, 0]).sum(1).to(x.dtype)  # [B]
         widths = (~mask[:, 0, :]).sum(1).to(x.dtype)
         sx, sy = wp / widths, hp / heights

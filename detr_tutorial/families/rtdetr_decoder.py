@@ -35,6 +35,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..models.detr import MLP
 from ..models.ms_deform_attn import MSDeformAttn
+from ..models.transformer import MultiheadAttention
 from .rtdetr_denoising import contrastive_denoising_group, inverse_sigmoid
 
 __all__ = ["RTDETRDecoderLayer", "RTDETRTransformer", "generate_anchors"]
@@ -75,7 +76,9 @@ class RTDETRDecoderLayer(nn.Module):
     def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
                  n_levels: int = 3, n_points: int = 4) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
+        # nn.MultiheadAttention's parameters (official weights load as they are), batch-first; its
+        # explicit path under CPU autocast (benchmarks/RESULTS.md, "attention under CPU autocast")
+        self.self_attn = MultiheadAttention(d_model, n_head, dropout=dropout)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_head, n_points)
@@ -100,7 +103,7 @@ class RTDETRDecoderLayer(nn.Module):
         and head); the output is the same tensor either way.
         """
         q = k = tgt if query_pos_embed is None else tgt + query_pos_embed
-        attn, _ = self.self_attn(q, k, value=tgt, attn_mask=attn_mask, need_weights=False)
+        attn, _ = self.self_attn(q, k, tgt, attn_mask=attn_mask)
         tgt = self.norm1(tgt + self.dropout1(attn))
         query = tgt if query_pos_embed is None else tgt + query_pos_embed
         ref = reference_points[:, :, None].expand(-1, -1, len(spatial_shapes), -1)  # [B, Q, L, 4]

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..models.transformer import MultiheadAttention
+
 __all__ = ["ConvNormLayer", "RepVggBlock", "CSPRepLayer", "AIFILayer", "HybridEncoder",
            "build_2d_sincos_position_embedding"]
 
@@ -105,7 +107,9 @@ class AIFILayer(nn.Module):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024, dropout: float = 0.0) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
+        # nn.MultiheadAttention's parameters (official weights load as they are), batch-first; its
+        # explicit path under CPU autocast (benchmarks/RESULTS.md, "attention under CPU autocast")
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -120,11 +124,11 @@ class AIFILayer(nn.Module):
         (queries) summing to 1 over the keys. A second call of ``self_attn`` with the same inputs,
         asking for its weights, so :meth:`forward` (which does not ask) stays as it is."""
         q = k = src if pos_embed is None else src + pos_embed
-        return self.self_attn(q, k, value=src, need_weights=True, average_attn_weights=False)[1]
+        return self.self_attn(q, k, src, need_weights=True)[1]
 
     def forward(self, src: Tensor, pos_embed: Optional[Tensor] = None) -> Tensor:
         q = k = src if pos_embed is None else src + pos_embed
-        attn, _ = self.self_attn(q, k, value=src, need_weights=False)
+        attn, _ = self.self_attn(q, k, src)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))

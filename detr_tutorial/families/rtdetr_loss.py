@@ -117,10 +117,16 @@ class RTDETRPostProcess(DeformablePostProcess):
 
 
 def build_criterion(cfg: DETRConfig) -> RTDETRCriterion:
-    """The official matcher (``set_cost_*``, focal alpha/gamma) and loss (``ce_loss_coef`` weighs ``loss_vfl``)."""
+    """The official matcher (``set_cost_*``, focal alpha/gamma) and loss (``ce_loss_coef`` weighs ``loss_vfl``);
+    ``decoder_aux_coef`` scales the terms of the decoder layers before the last (not the encoder's)."""
     matcher = SigmoidHungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou,
                                       focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
     weight_dict = {"loss_vfl": cfg.ce_loss_coef, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
+    if cfg.decoder_aux_coef != 1.0:  # the layers before the last: aux_0 .. aux_{L-2}, dn_0 .. dn_{L-2}
+        for i in range(cfg.dec_layers - 1):
+            for term, coef in list(weight_dict.items())[:3]:
+                for kind in ("aux", "dn"):
+                    weight_dict[f"{term}_{kind}_{i}"] = coef * cfg.decoder_aux_coef
     return RTDETRCriterion(cfg.num_classes, matcher, weight_dict, alpha=cfg.vfl_alpha, gamma=cfg.focal_gamma)
 
 

@@ -75,16 +75,25 @@ class MultiheadAttention(nn.Module):
         )
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None, need_weights: bool = False
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None, need_weights: bool = False,
+        attn_mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Scaled dot-product attention of projected heads, then ``out_proj``.
 
         ``q [B, heads, Lq, e]``, ``k [B, heads, Lk, e]``, ``v [B, heads, Lk, head_dim]`` (``e`` may
         exceed ``head_dim``: the scale is ``1 / sqrt(e)``) -> ``(output [B, Lq, d], weights)``.
+        ``attn_mask [Lq, Lk]`` (bool, True = query may not see key, as in ``nn.MultiheadAttention``)
+        blocks pairs in every image and head, on top of ``key_padding_mask``.
         """
         dropout_p = self.dropout if self.training else 0.0
         weights: Optional[Tensor] = None
         blocked = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, Lk]
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool or attn_mask.shape != (q.shape[2], k.shape[2]):
+                raise ValueError(f"attn_mask must be a bool [Lq, Lk] = [{q.shape[2]}, {k.shape[2]}] mask, got "
+                                 f"{attn_mask.dtype} {list(attn_mask.shape)}")
+            pairs = attn_mask[None, None]  # [1, 1, Lq, Lk]
+            blocked = pairs if blocked is None else blocked | pairs  # [B, 1, Lq, Lk]
         # The explicit path returns the weights; it is also the fast one for bfloat16/float16 on the
         # CPU, where SDPA's fused kernel is several times slower (its backward above all) for
         # DETR's short sequences (benchmarks/RESULTS.md, "attention under CPU autocast").
@@ -109,13 +118,15 @@ class MultiheadAttention(nn.Module):
         value: Tensor,
         key_padding_mask: Optional[Tensor] = None,
         need_weights: bool = False,
+        attn_mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """``query [B, Lq, d]``, ``key/value [B, Lk, d]``, ``key_padding_mask [B, Lk]`` (True = ignore).
+        """``query [B, Lq, d]``, ``key/value [B, Lk, d]``, ``key_padding_mask [B, Lk]`` (True = ignore),
+        ``attn_mask [Lq, Lk]`` (True = this query may not see this key).
 
         Returns ``(output [B, Lq, d], weights [B, heads, Lq, Lk] or None)``.
         """
         q, k, v = self.project(query, key, value)
-        return self.attend(q, k, v, key_padding_mask, need_weights)
+        return self.attend(q, k, v, key_padding_mask, need_weights, attn_mask)
 
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
