@@ -23,9 +23,9 @@ so it starts a little above the backbone's stride).
 Both are made by :func:`torch.export.export` (the ONNX file by ``torch.onnx.export(...,
 dynamo=True)``, which translates that program into ONNX with ``onnxscript``): Python control flow
 that depends only on shapes and settings is traced away, so the paper's, the conditional
-(two-stage included) and the RT-DETR families export. The deformable family does not yet: its
-encoder reads the level sizes back from a tensor (``.tolist()``), values the tracer does not have;
-:func:`export_program` says so in one line.
+(two-stage included), the deformable and the RT-DETR families export. A model whose code reads a
+tensor's values as Python numbers (``.tolist()``) cannot be traced: :func:`export_program` says so
+in one line, naming the line.
 
 ``torch.jit.script`` is a different matter: it compiles the Python source itself, and only the
 paper's family is written in the subset it understands (:func:`script_model`,
@@ -322,8 +322,23 @@ def export_onnx(model: Traced, path: PathLike, opset: int = ONNX_OPSET, example:
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript") from e
     program = _program(model, example)
+    onnx_program = _translate_to_onnx(program, opset, optimize=True)
+    problem = _onnx_graph_problem(onnx_program.model_proto)
+    if problem is not None:
+        # onnxscript's graph optimizer can leave a node whose input it removed (seen on Deformable
+        # DETR's inverse sigmoid, torch 2.14): the unoptimized translation computes the same thing
+        logger.warning("the optimized ONNX graph is invalid (%s); writing the unoptimized translation", problem)
+        onnx_program = _translate_to_onnx(program, opset, optimize=False)
+        problem = _onnx_graph_problem(onnx_program.model_proto)
+        if problem is not None:
+            raise ValueError(f"the ONNX translation of this model is not a valid graph: {problem}")
+    return _write_atomically(path, lambda tmp: _save_onnx_with_named_axes(onnx_program, tmp))
+
+
+def _translate_to_onnx(program: torch.export.ExportedProgram, opset: int, optimize: bool) -> Any:
+    """``torch.onnx.export`` of a traced program (``optimize``: onnxscript's graph optimizer)."""
     with torch.no_grad(), _quiet_constant_folding():
-        onnx_program = torch.onnx.export(
+        return torch.onnx.export(
             program,
             program.example_inputs[0],
             dynamo=True,
@@ -331,8 +346,19 @@ def export_onnx(model: Traced, path: PathLike, opset: int = ONNX_OPSET, example:
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             verbose=False,
+            optimize=optimize,
         )
-    return _write_atomically(path, lambda tmp: _save_onnx_with_named_axes(onnx_program, tmp))
+
+
+def _onnx_graph_problem(proto: Any) -> Optional[str]:
+    """``None`` for a graph the ONNX checker accepts, else the first line of what it rejects."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        return str(e).strip().splitlines()[0][:200]
+    return None
 
 
 def _save_onnx_with_named_axes(onnx_program: Any, path: Path) -> None:
@@ -408,8 +434,8 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     ``ValueError`` that names the options in the way (:func:`scripting_blockers`; for an RT-DETR,
     ``the 'rtdetr' family (RTDETR)``).
 
-    ``torch.export`` (:func:`export_torch`, :func:`export_onnx`) handles the other families (the
-    deformable one aside, see the module docstring) and is what torch recommends now; TorchScript
+    ``torch.export`` (:func:`export_torch`, :func:`export_onnx`) handles every family and is what
+    torch recommends now; TorchScript
     is here for deployments that still load TorchScript files, as the official repository's
     ``test_all.py`` scripts its model.
     """

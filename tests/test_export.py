@@ -19,7 +19,7 @@ from detr_tutorial.checkpoint import SHIPPED_MODEL, load_checkpoint
 from detr_tutorial.config import DETRConfig
 from detr_tutorial.export import export_program, scripting_blockers
 from detr_tutorial.models import Backbone, PositionEmbeddingLearned, PositionEmbeddingSine
-from training_helpers import tiny_rtdetr
+from training_helpers import deformable_model, tiny_rtdetr
 
 onnx = pytest.importorskip("onnx")  # requirements.txt installs it; the skip only helps partial set-ups
 ort = pytest.importorskip("onnxruntime")
@@ -188,6 +188,36 @@ def test_torch_export_file_of_an_rtdetr_reloads_and_matches_pytorch_at_two_image
         for got, ref in zip(loaded(x), eager(rtdetr, x)):
             assert got.shape == ref.shape
             assert (got - ref).abs().max() <= TOLERANCE
+
+
+# ------------------------------------------------------------------------- Deformable DETR
+@pytest.fixture(scope="module")
+def deformable() -> torch.nn.Module:
+    """A tiny two-stage Deformable DETR with box refinement (three levels, strides 8, 16, 32)."""
+    torch.manual_seed(0)
+    return dt.build_model(dt.get_config("detr-tiny", num_classes=3, **deformable_model())).eval()
+
+
+@pytest.fixture(scope="module")
+def deformable_program(deformable) -> torch.export.ExportedProgram:
+    return export_program(deformable)
+
+
+def test_a_deformable_detr_exports_with_the_level_sizes_left_dynamic(deformable, deformable_program, tmp_path):
+    """Its encoder and proposals take the level sizes from the feature maps' shapes, not from a tensor's
+    values, so the graph serves every image size; the reloaded file matches PyTorch."""
+    loaded = torch.export.load(str(dt.export_torch(deformable_program, tmp_path / "deformable.pt2"))).module()
+    for b, h, w in RTDETR_SIZES:  # 100 x 150 is not a multiple of any level's stride
+        x = images(b, h, w)
+        for got, ref in zip(loaded(x), eager(deformable, x)):
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= TOLERANCE
+
+
+def test_onnx_of_a_deformable_detr_matches_pytorch_at_two_image_sizes(deformable, deformable_program, tmp_path):
+    path = dt.export_onnx(deformable_program, tmp_path / "deformable.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert max(max_differences(session, deformable, RTDETR_SIZES)) <= TOLERANCE
 
 
 def test_an_rtdetr_does_not_script_and_the_error_names_its_family(rtdetr):

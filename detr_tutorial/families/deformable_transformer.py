@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.ms_deform_attn import MSDeformAttn, level_start_index
+from ..models.ms_deform_attn import MSDeformAttn, Shapes, level_start_index
 from ..models.transformer import MultiheadAttention
 
 __all__ = [
@@ -57,6 +57,13 @@ def valid_ratio(mask: Tensor) -> Tensor:
     return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
 
 
+def _level_sizes(spatial_shapes: Shapes) -> list[tuple[int, int]]:
+    """``(H, W)`` of each level, from a ``[L, 2]`` tensor or a list of pairs (what the model passes)."""
+    if isinstance(spatial_shapes, Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
+
 class _FFN(nn.Module):
     """``linear1 -> relu -> linear2`` with a residual and a post-norm (the layers' last step)."""
 
@@ -79,8 +86,8 @@ class DeformableEncoderLayer(_FFN):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
-        start_index: Tensor, padding_mask: Optional[Tensor],
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Shapes,
+        start_index: Union[Tensor, Sequence[int]], padding_mask: Optional[Tensor],
     ) -> Tensor:
         """``src, pos [B, S, d]``, ``reference_points [B, S, L, 2]`` -> ``[B, S, d]``."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, start_index, padding_mask)
@@ -97,14 +104,14 @@ class DeformableEncoder(nn.Module):
         self.num_layers = num_layers
 
     @staticmethod
-    def reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+    def reference_points(spatial_shapes: Shapes, valid_ratios: Tensor) -> Tensor:
         """Each cell's centre, as a fraction of its image's valid area, seen on every level:
         ``[B, S, L, 2]`` as ``(x, y)`` in each level's padded map (the official formula)."""
         refs = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(_level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
+                torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)  # [B, h*w]
@@ -113,7 +120,7 @@ class DeformableEncoder(nn.Module):
         return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]  # [B, S, 1, 2] * [B, 1, L, 2]
 
     def forward(
-        self, src: Tensor, spatial_shapes: Tensor, start_index: Tensor, valid_ratios: Tensor,
+        self, src: Tensor, spatial_shapes: Shapes, start_index: Union[Tensor, Sequence[int]], valid_ratios: Tensor,
         pos: Tensor, padding_mask: Optional[Tensor],
     ) -> Tensor:
         """``src, pos [B, S, d]``, ``valid_ratios [B, L, 2]``, ``padding_mask [B, S]`` -> memory ``[B, S, d]``."""
@@ -146,7 +153,7 @@ class DeformableDecoderLayer(_FFN):
 
     def forward(
         self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
-        spatial_shapes: Tensor, start_index: Tensor, padding_mask: Optional[Tensor],
+        spatial_shapes: Shapes, start_index: Union[Tensor, Sequence[int]], padding_mask: Optional[Tensor],
     ) -> Tensor:
         """``tgt, query_pos [B, Q, d]``, ``reference_points [B, Q, L, 2|4]``, ``memory [B, S, d]`` -> ``[B, Q, d]``."""
         q = k = tgt + query_pos
@@ -170,8 +177,8 @@ class DeformableDecoder(nn.Module):
         self.class_embed: Optional[nn.ModuleList] = None
 
     def forward(
-        self, tgt: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Tensor,
-        start_index: Tensor, valid_ratios: Tensor, query_pos: Tensor, padding_mask: Optional[Tensor],
+        self, tgt: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Shapes,
+        start_index: Union[Tensor, Sequence[int]], valid_ratios: Tensor, query_pos: Tensor, padding_mask: Optional[Tensor],
     ) -> tuple[Tensor, Tensor]:
         """``reference_points [B, Q, 2|4]`` in the images' valid areas -> ``hs [L_dec, B, Q, d]`` and
         the reference after each layer ``[L_dec, B, Q, 2|4]`` (unchanged without refinement)."""
@@ -250,7 +257,10 @@ class DeformableTransformer(nn.Module):
 
         ``extents`` (per level ``[B, 2]``, ``(h, w)`` in cells, fractional): the valid ratios are
         ``extent / (H_l, W_l)`` instead of the valid cells' fraction (``exact_extent`` models)."""
-        shapes = torch.as_tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=srcs[0].device)
+        # scalar_tensor of each side: the same [L, 2] tensor as torch.as_tensor(sizes), without
+        # fixing the sizes to the example's under torch.export
+        shapes = torch.stack([torch.stack([torch.scalar_tensor(n, dtype=torch.long, device=srcs[0].device)
+                                           for n in s.shape[-2:]]) for s in srcs])
         lvl_pos = [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos)]
         if extents is None:
             ratios = torch.stack([valid_ratio(m) for m in masks], 1)  # [B, L, 2]
@@ -279,7 +289,13 @@ class DeformableTransformer(nn.Module):
         if not self.two_stage and query_embed is None:
             raise ValueError("a one-stage deformable transformer needs query_embed [Q, 2 * d_model]")
         f = self.flatten(srcs, masks, pos, extents)
-        shapes, starts, ratios = f["spatial_shapes"], f["level_start_index"], f["valid_ratios"]
+        ratios = f["valid_ratios"]
+        # the level sizes as Python (or, under torch.export, symbolic) ints, not read back from a
+        # tensor: the same numbers, and a graph that stays dynamic in the image size
+        shapes = [tuple(s.shape[-2:]) for s in srcs]
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
         memory = self.encoder(f["src"], shapes, starts, ratios, f["pos"], f["mask"])
         out: dict[str, Tensor] = {"memory": memory}
         if self.two_stage:
@@ -292,12 +308,12 @@ class DeformableTransformer(nn.Module):
         out["hs"], out["inter_references"] = self.decoder(
             out["tgt"], out["init_reference"], memory, shapes, starts, ratios, out["query_pos"], f["mask"]
         )
-        out["spatial_shapes"], out["valid_ratios"] = shapes, ratios
+        out["spatial_shapes"], out["valid_ratios"] = f["spatial_shapes"], ratios
         return out
 
     # -- two-stage ------------------------------------------------------------------------------
     def encoder_proposals(
-        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor, extents: Optional[list[Tensor]] = None
+        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Shapes, extents: Optional[list[Tensor]] = None
     ) -> tuple[Tensor, Tensor]:
         """One proposal per memory cell: a box around the cell's centre, ``0.05 * 2^l`` wide on level ``l``.
 
@@ -307,12 +323,12 @@ class DeformableTransformer(nn.Module):
         """
         b = memory.shape[0]
         proposals, start = [], 0
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(_level_sizes(spatial_shapes)):
             mask_l = padding_mask[:, start : start + h * w].view(b, h, w)
             valid_h, valid_w = torch.sum(~mask_l[:, :, 0], 1), torch.sum(~mask_l[:, 0, :], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.stack([grid_x, grid_y], -1)  # [h, w, 2] as (x, y)
@@ -342,7 +358,7 @@ class DeformableTransformer(nn.Module):
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
     def two_stage_queries(
-        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor, extents: Optional[list[Tensor]] = None
+        self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Shapes, extents: Optional[list[Tensor]] = None
     ) -> dict[str, Tensor]:
         """Score every cell's proposal with the extra heads, keep the ``two_stage_num_proposals`` best
         (by the first class's logit, as the official code); their boxes are the references and
