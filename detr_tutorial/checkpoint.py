@@ -350,8 +350,8 @@ def export_model(
         raise TypeError(f"export_model expects a checkpoint path or dict, got {type(src).__name__}")
     ckpt = load_checkpoint(src) if not isinstance(src, Mapping) else src
     source = f"checkpoint {src}" if not isinstance(src, Mapping) else "the checkpoint"
-    weights_ok = isinstance(ckpt.get("model"), Mapping) and all(
-        isinstance(v, torch.Tensor) for v in checkpoint_weights(ckpt).values())
+    state = checkpoint_weights(ckpt) if isinstance(ckpt.get("model"), Mapping) else None
+    weights_ok = isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
     if not weights_ok:
         raise CheckpointError(f"{source} has no 'model' state dict of tensors: nothing to export")
     if not ckpt.get("config"):
@@ -360,11 +360,11 @@ def export_model(
             f"load the weights into a model and save a checkpoint with its config (convert does this)"
         )
     weights = {
-        k: (v.half() if half and v.is_floating_point() else v) for k, v in checkpoint_weights(ckpt).items()
+        k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()
     }
     out: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
     out["model"] = weights
-    if checkpoint_weights(ckpt) is not ckpt["model"]:
+    if state is not ckpt["model"]:
         out["weights"] = "ema"
     out.setdefault("format", FORMAT)
     return save_checkpoint(out, dst)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.ms_deform_attn import MSDeformAttn, Shapes, level_start_index
+from ..models.ms_deform_attn import MSDeformAttn, Shapes, _shape_list, level_start_index, level_starts
 from ..models.transformer import MultiheadAttention
 
 __all__ = [
@@ -55,13 +55,6 @@ def valid_ratio(mask: Tensor) -> Tensor:
     valid_h = torch.sum(~mask[:, :, 0], 1)
     valid_w = torch.sum(~mask[:, 0, :], 1)
     return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
-
-
-def _level_sizes(spatial_shapes: Shapes) -> list[tuple[int, int]]:
-    """``(H, W)`` of each level, from a ``[L, 2]`` tensor or a list of pairs (what the model passes)."""
-    if isinstance(spatial_shapes, Tensor):
-        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    return [(h, w) for h, w in spatial_shapes]
 
 
 class _FFN(nn.Module):
@@ -108,7 +101,7 @@ class DeformableEncoder(nn.Module):
         """Each cell's centre, as a fraction of its image's valid area, seen on every level:
         ``[B, S, L, 2]`` as ``(x, y)`` in each level's padded map (the official formula)."""
         refs = []
-        for lvl, (h, w) in enumerate(_level_sizes(spatial_shapes)):
+        for lvl, (h, w) in enumerate(_shape_list(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
                 torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
@@ -293,9 +286,7 @@ class DeformableTransformer(nn.Module):
         # the level sizes as Python (or, under torch.export, symbolic) ints, not read back from a
         # tensor: the same numbers, and a graph that stays dynamic in the image size
         shapes = [tuple(s.shape[-2:]) for s in srcs]
-        starts = [0]
-        for h, w in shapes[:-1]:
-            starts.append(starts[-1] + h * w)
+        starts = level_starts(shapes)
         memory = self.encoder(f["src"], shapes, starts, ratios, f["pos"], f["mask"])
         out: dict[str, Tensor] = {"memory": memory}
         if self.two_stage:
@@ -323,7 +314,7 @@ class DeformableTransformer(nn.Module):
         """
         b = memory.shape[0]
         proposals, start = [], 0
-        for lvl, (h, w) in enumerate(_level_sizes(spatial_shapes)):
+        for lvl, (h, w) in enumerate(_shape_list(spatial_shapes)):
             mask_l = padding_mask[:, start : start + h * w].view(b, h, w)
             valid_h, valid_w = torch.sum(~mask_l[:, :, 0], 1), torch.sum(~mask_l[:, 0, :], 1)
             grid_y, grid_x = torch.meshgrid(

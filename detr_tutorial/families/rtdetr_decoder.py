@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..models.detr import MLP
-from ..models.ms_deform_attn import MSDeformAttn
+from ..models.ms_deform_attn import MSDeformAttn, level_starts
 from ..models.transformer import MultiheadAttention
 from .rtdetr_denoising import contrastive_denoising_group, inverse_sigmoid
 
@@ -212,9 +212,7 @@ class RTDETRTransformer(nn.Module):
         for i in range(len(feats), self.num_levels):
             proj.append(self.input_proj[i](feats[-1] if i == len(feats) else proj[-1]))
         shapes = [[p.shape[2], p.shape[3]] for p in proj]  # no int(): under torch.export they stay symbolic
-        starts = [0]
-        for h, w in shapes[:-1]:
-            starts.append(starts[-1] + h * w)
+        starts = level_starts(shapes)
         return torch.cat([p.flatten(2).permute(0, 2, 1) for p in proj], 1), shapes, starts
 
     def anchors_for(self, shapes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn", "MSDeformAttn", "level_start_index", "splat_sampling_points"]
+__all__ = ["ms_deform_attn", "MSDeformAttn", "level_start_index", "level_starts", "splat_sampling_points"]
 
 Shapes = Union[Tensor, Sequence[Sequence[int]]]
 
@@ -67,6 +67,15 @@ def _shape_list(spatial_shapes: Shapes, name: str = "spatial_shapes") -> list[tu
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"{name} must be positive (H, W) per level, got {shapes}")
     return shapes  # type: ignore[return-value]
+
+
+def level_starts(shapes: Sequence[Sequence[int]]) -> list[int]:
+    """The first flattened row of each level, as Python ints: ``[(H, W), ...]`` ->
+    ``[0, H_0 W_0, H_0 W_0 + H_1 W_1, ...]`` (symbolic sizes under torch.export stay symbolic)."""
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    return starts
 
 
 def level_start_index(spatial_shapes: Tensor) -> Tensor:
@@ -295,9 +304,7 @@ class MSDeformAttn(nn.Module):
                 f"input_flatten has S = {s} rows (shape {tuple(input_flatten.shape)}) but input_spatial_shapes "
                 f"{shapes} sum to {sum(h * w for h, w in shapes)} cells (sum H*W)"
             )
-        starts = [0]
-        for h, w in shapes[:-1]:
-            starts.append(starts[-1] + h * w)
+        starts = level_starts(shapes)
         is_tensor = isinstance(input_level_start_index, Tensor)
         given = input_level_start_index.tolist() if is_tensor else list(input_level_start_index)
         if (is_tensor and input_level_start_index.dim() != 1) or given != starts:
